@@ -1,0 +1,5 @@
+"""dexport: export PyTorch detection and segmentation models to TorchScript, ONNX and
+caffe2-flavoured ONNX through a small IR and a pass pipeline."""
+from dexport.ir.errors import DexportError
+
+__version__ = "0.1.0"
