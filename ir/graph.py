@@ -124,6 +124,16 @@ class Node:
         self.outputs.append(v)
         return v
 
+    def remove_output(self, index: int) -> None:
+        """Drop an unused output; later outputs shift down (their ``index`` follows)."""
+        v = self.outputs[index]
+        if v.uses:
+            raise DexportError(f"cannot remove output {index} of {self.op}: it is still used by {v.uses[0][0].op}",
+                               op=self.op, scope=self.meta.scope, source=self.meta.source)
+        del self.outputs[index]
+        for j in range(index, len(self.outputs)):
+            self.outputs[j].index = j
+
     @property
     def output(self) -> Value:
         if len(self.outputs) != 1:
@@ -161,9 +171,7 @@ class Node:
                     op=self.op, scope=self.meta.scope, source=self.meta.source,
                     hint="replace the uses first (value.replace_all_uses_with)")
         for b in self.blocks:
-            for n in reversed(list(b.nodes)):
-                n.drop_inputs()
-            b.return_node.drop_inputs()
+            _drop_block_inputs(b)
         self.drop_inputs()
         if self.block is not None:
             self.block._unlink(self)
@@ -301,7 +309,7 @@ class Graph:
         elif after is not None:
             node.insert_after(after)
         else:
-            (block or self.block).append(node)
+            (self.block if block is None else block).append(node)
         return node
 
     def add_param(self, name: str, tensor: torch.Tensor, *, before: Node | None = None) -> Value:
@@ -335,6 +343,46 @@ class Graph:
             else:
                 stack.pop()
 
+    def erase_nodes(self, nodes: Iterable[Node]) -> None:
+        """Erase many nodes at once; their outputs may be used only by nodes erased
+        with them. Cost: one sweep over the use lists of the values they read.
+        (``Node.erase`` one at a time rescans a shared value's use list per reader,
+        which is quadratic when, say, 100k dead nodes read one constant.)"""
+        top: list[Node] = []
+        gone: set[int] = set()        # ids of every erased node, nested ones and returns too
+        readers: list[Node] = []
+
+        def collect(n: Node) -> None:
+            gone.add(id(n))
+            readers.append(n)
+            for b in n.blocks:
+                for inner in b.nodes:
+                    collect(inner)
+                collect(b.return_node)
+
+        for n in nodes:
+            if id(n) not in gone:
+                top.append(n)
+                collect(n)
+        for n in top:
+            for out in n.outputs:
+                for user, _ in out.uses:
+                    if id(user) not in gone:
+                        raise DexportError(
+                            f"cannot erase {n.op}: output {out.index} is still used by {user.op}",
+                            op=n.op, scope=n.meta.scope, source=n.meta.source,
+                            hint="replace the uses first (value.replace_all_uses_with)")
+        touched: dict[int, Value] = {}
+        for r in readers:
+            for v in r.inputs:
+                touched.setdefault(id(v), v)
+            r.inputs = []
+        for v in touched.values():
+            v.uses = [u for u in v.uses if id(u[0]) not in gone]
+        for n in top:
+            if n.block is not None:
+                n.block._unlink(n)
+
     def find_nodes(self, op: str) -> list[Node]:
         return [n for n in self.nodes() if n.op == op]
 
@@ -362,6 +410,14 @@ class Graph:
         """Run the graph with the interpreter on the model's structured inputs."""
         from dexport.ir.interpreter import run_structured
         return run_structured(self, inputs)
+
+
+def _drop_block_inputs(block: Block) -> None:
+    for n in block.reversed_nodes():
+        for b in n.blocks:
+            _drop_block_inputs(b)
+        n.drop_inputs()
+    block.return_node.drop_inputs()
 
 
 def _clone_block_body(src: Block, dst: Block, vmap: dict[Value, Value]) -> None:
