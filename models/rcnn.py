@@ -1,0 +1,113 @@
+"""GeneralizedRCNN: preprocess -> backbone -> RPN -> ROI heads -> postprocess.
+
+One class covers Faster, Mask and Keypoint R-CNN; the ROI-heads config switches the
+mask and keypoint heads on. Input/output follow detectron2 (see ``forward``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from dexport.models.backbone import BackboneConfig, build_backbone
+from dexport.models.postprocess import Postprocess
+from dexport.models.roi_heads import ROIHeads, ROIHeadsConfig
+from dexport.models.rpn import RPN, RPNConfig
+from dexport.models.structures import ImageList
+
+__all__ = ["RCNNConfig", "GeneralizedRCNN"]
+
+
+@dataclass(frozen=True)
+class RCNNConfig:
+    """Everything needed to build a GeneralizedRCNN. Pixel statistics are BGR, 0..255."""
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    rpn: RPNConfig = field(default_factory=RPNConfig)
+    roi_heads: ROIHeadsConfig = field(default_factory=ROIHeadsConfig)
+    pixel_mean: tuple[float, float, float] = (103.530, 116.280, 123.675)
+    pixel_std: tuple[float, float, float] = (57.375, 57.120, 58.395)
+
+    @staticmethod
+    def r50(mask_on: bool = False, keypoint_on: bool = False, num_classes: int = 80,
+            num_keypoints: int = 17) -> "RCNNConfig":
+        """detectron2's R50-FPN settings (COCO-sized heads)."""
+        return RCNNConfig(roi_heads=ROIHeadsConfig(
+            num_classes=num_classes, mask_on=mask_on, keypoint_on=keypoint_on,
+            num_keypoints=num_keypoints))
+
+    @staticmethod
+    def tiny(mask_on: bool = False, keypoint_on: bool = False, num_classes: int = 3,
+             num_keypoints: int = 3) -> "RCNNConfig":
+        """A small model for ~128x128 images of 20-50 px objects: narrow backbone and heads,
+        anchors and FPN level assignment scaled down to those object sizes, fewer
+        proposals and samples. Trains from scratch on a couple of CPU cores."""
+        return RCNNConfig(
+            backbone=BackboneConfig.tiny(),
+            rpn=RPNConfig(anchor_sizes=(16, 32, 64, 128, 256), batch_size_per_image=128,
+                          pre_nms_topk_train=500, pre_nms_topk_test=250,
+                          post_nms_topk_train=256, post_nms_topk_test=100),
+            roi_heads=ROIHeadsConfig(
+                num_classes=num_classes, canonical_box_size=56, pooler_sampling_ratio=2,
+                batch_size_per_image=128, box_fc_dim=256, detections_per_image=50,
+                mask_on=mask_on, mask_conv_dim=32, keypoint_on=keypoint_on,
+                num_keypoints=num_keypoints, keypoint_conv_dims=(64, 64)),
+        )
+
+
+class GeneralizedRCNN(nn.Module):
+    """Two-stage detector.
+
+    ``forward(batched_inputs)`` takes a list of dicts ``{"image": f32[3,H,W] BGR 0..255,
+    optional "height"/"width" (output size)}``. In eval mode it returns one
+    ``{"instances": Instances(pred_boxes, scores, pred_classes, [pred_masks],
+    [pred_keypoints])}`` per image; in training mode each dict also needs "instances"
+    (gt_boxes, gt_classes, [gt_masks], [gt_keypoints]) and it returns a dict of losses.
+    """
+
+    def __init__(self, cfg: RCNNConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = build_backbone(cfg.backbone)
+        channels, strides = self.backbone.out_channels, self.backbone.out_strides
+        self.rpn = RPN(cfg.rpn, channels, strides)
+        self.roi_heads = ROIHeads(cfg.roi_heads, channels, strides)
+        self.postprocess = Postprocess()
+        self.register_buffer("pixel_mean", torch.tensor(cfg.pixel_mean).view(-1, 1, 1),
+                             persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(cfg.pixel_std).view(-1, 1, 1),
+                             persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    def preprocess_image(self, batched_inputs: list[dict]) -> ImageList:
+        """Normalize each image and pad the batch to a multiple of the backbone's stride."""
+        images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std
+                  for x in batched_inputs]
+        return ImageList.from_tensors(images, self.backbone.size_divisibility)
+
+    def forward(self, batched_inputs: list[dict]):
+        if not self.training:
+            return self.inference(batched_inputs)
+        if any("instances" not in x for x in batched_inputs):
+            raise ValueError("training mode needs an 'instances' entry in every input dict "
+                             "(gt_boxes, gt_classes, ...); call model.eval() for inference")
+        images = self.preprocess_image(batched_inputs)
+        targets = [x["instances"].to(self.device) for x in batched_inputs]
+        features = self.backbone(images.tensor)
+        proposals, rpn_losses = self.rpn(images, features, targets)
+        _, head_losses = self.roi_heads(features, proposals, targets)
+        return {**rpn_losses, **head_losses}
+
+    def inference(self, batched_inputs: list[dict], do_postprocess: bool = True):
+        """Detections per image; without post-processing they stay at the input resolution
+        (a list of Instances with pred_masks as n×1×M×M probabilities)."""
+        images = self.preprocess_image(batched_inputs)
+        features = self.backbone(images.tensor)
+        proposals, _ = self.rpn(images, features)
+        results, _ = self.roi_heads(features, proposals)
+        if not do_postprocess:
+            return results
+        return self.postprocess(results, batched_inputs, images.image_sizes)
