@@ -11,3 +11,6 @@ from dexport.ir.graph import CONSTANT, PARAM, RETURN, Block, Graph, Meta, Node, 
 from dexport.ir.types import (ANY, BOOL, DEVICE, DTYPE, FLOAT, INT, NONE, STR, TENSOR, Dim,
                               ListType, OptionalType, RecordType, ScalarType, TensorType,
                               TupleType, Type, parse_type, tensor_type_of)
+from dexport.ir.parser import parse
+from dexport.ir.printer import format_context, print_graph
+from dexport.ir.verifier import STAGES, verify

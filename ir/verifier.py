@@ -1,0 +1,361 @@
+"""The IR verifier: one walk that checks a graph's invariants for an IR stage.
+
+Stages (each includes the checks of the ones before it):
+
+* ``"captured"``: the structure every graph keeps. Values are defined once, before
+  their uses, and used only inside the block that defines them or blocks nested in
+  it; block parameters are not used outside their block, nor from a block that is
+  not attached to the graph; every node's inputs agree with its inputs' use lists,
+  both ways; ops exist and have their schema's number of inputs and outputs;
+  ``prim::If``/``prim::Loop`` blocks return what the node's outputs (and a loop's
+  carried values) declare; ``prim::Return`` only ends blocks; ``prim::Param`` names
+  exist in ``graph.params`` (when the graph has any).
+* ``"tensors-only"``: no record values and no ``struct::*`` ops are left.
+* ``"backend-ready"``: every value is a tensor, a scalar (not ``Any``) or a list of
+  those, so any backend can express it.
+
+A failure raises ``VerificationError`` naming the node (op, module scope, source
+line), showing the printed IR around it and saying what to do. The walk is linear
+in the graph size: each value and each use is looked at a constant number of times.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from dexport.ir.errors import DexportError, VerificationError
+from dexport.ir.graph import PARAM, RETURN, Block, Graph, Node, Value
+from dexport.ir.printer import _format_context
+from dexport.ir.types import (ListType, OptionalType, RecordType, ScalarType, TensorType,
+                              TupleType, Type)
+
+STAGES = ("captured", "tensors-only", "backend-ready")
+
+_PASS_BUG = "this is a bug in whatever built or last rewrote the graph (a pass or a frontend)"
+
+
+def verify(graph: Graph, stage: str = "captured") -> None:
+    """Check ``graph`` for ``stage``; raise ``VerificationError`` at the first problem."""
+    if stage not in STAGES:
+        raise DexportError(f"unknown IR stage {stage!r}", hint=f"use one of {', '.join(STAGES)}")
+    _Verifier(graph, STAGES.index(stage)).run()
+
+
+class _Verifier:
+    def __init__(self, graph: Graph, level: int):
+        self.graph = graph
+        self.level = level                      # index into STAGES
+        self.defined: dict[Value, Node | Block] = {}   # every value, in definition order
+        self.visible: set[Value] = set()         # values usable at the current point
+        self.reads: dict[Value, int] = {}        # number of input slots reading each value
+        self.in_graph: set[Node] = set()         # every node walked, return nodes included
+        self.opdefs: dict[str, Any] = {}
+        self.type_problems: dict[int, tuple[Type, str | None]] = {}
+
+    # -- errors --------------------------------------------------------------------
+    def fail(self, what: str, where: Node | Block, hint: str = _PASS_BUG,
+             values: tuple[Value, ...] = ()) -> None:
+        """Raise for ``where``; each ``{}`` in ``what`` becomes the printed name of the
+        matching entry of ``values``."""
+        context, names = _format_context(self.graph, where, 3)
+        what = what.format(*(self.describe(v, names) for v in values))
+        node = where if isinstance(where, Node) else where.owner
+        if isinstance(node, Node):
+            if node.op == RETURN and isinstance(node.block.owner, Node):
+                node = node.block.owner  # a block's return: report the node owning the block
+            op, scope, source = node.op, node.meta.scope, node.meta.source
+        else:
+            op, scope, source = None, None, None
+        raise VerificationError(f"{STAGES[self.level]} IR: {what}", op=op, scope=scope,
+                                source=source, hint=hint, context=context)
+
+    @staticmethod
+    def describe(v: Value, names: dict[Value, str]) -> str:
+        if v in names:
+            return "%" + names[v]
+        if isinstance(v.producer, Node):
+            return f"output {v.index} of {v.producer.op}"
+        return f"block parameter {v.index}"
+
+    # -- the walk ------------------------------------------------------------------
+    def run(self) -> None:
+        top = self.graph.block
+        if top.owner is not self.graph:
+            self.fail("the graph's top block belongs to something else", top)
+        self.walk_block(top)
+        self.check_use_lists()
+
+    def walk_block(self, block: Block) -> None:
+        local: list[Value] = []
+        for i, p in enumerate(block.params):
+            self.define(p, block, i, block, local)
+        visible, reads, in_graph = self.visible, self.reads, self.in_graph
+        for node in block.nodes:
+            if node.block is not block:
+                self.fail(f"{node.op} sits in a block's node list but its .block points elsewhere",
+                          node, hint="insert and move nodes only with the Node/Graph methods")
+            if node.op == RETURN:
+                self.fail("prim::Return in the middle of a block; it may only end one", node)
+            in_graph.add(node)
+            for v in node.inputs:
+                if v not in visible:
+                    self.not_visible(v, node)
+                reads[v] = reads.get(v, 0) + 1
+            self.check_node(node)
+            if node.blocks:
+                for b in node.blocks:
+                    if b.owner is not node:
+                        self.fail(f"a block of {node.op} says another node owns it", node)
+                    self.walk_block(b)
+                self.check_block_results(node)
+            for i, o in enumerate(node.outputs):
+                self.define(o, node, i, node, local)
+        ret = block.return_node
+        if ret.op != RETURN or ret.block is not block:
+            self.fail("a block's terminator is not its own prim::Return", block)
+        in_graph.add(ret)
+        for v in ret.inputs:
+            if v not in visible:
+                self.not_visible(v, ret)
+            reads[v] = reads.get(v, 0) + 1
+        visible.difference_update(local)
+
+    def define(self, v: Value, producer: Node | Block, index: int, where: Node | Block,
+               local: list[Value]) -> None:
+        if v in self.defined:
+            first = self.defined[v]
+            first_desc = first.op if isinstance(first, Node) else "a block's parameters"
+            self.fail(f"value {{}} is defined twice: it is also an output or parameter of {first_desc}",
+                      where, values=(v,),
+                      hint="create a new Value for each definition (Node.add_output, Block.add_param); "
+                           + _PASS_BUG)
+        if v.producer is not producer or v.index != index:
+            self.fail(f"value {{}} is listed as definition #{index} here, but says it is "
+                      f"#{v.index} of {getattr(v.producer, 'op', 'a block')}", where, values=(v,),
+                      hint="create a new Value for each definition (Node.add_output, Block.add_param); "
+                           + _PASS_BUG)
+        self.defined[v] = producer
+        self.visible.add(v)
+        local.append(v)
+        if self.level:
+            problem = self.type_problem(v.type)
+            if problem:
+                self.fail(f"value {{}} has type {v.type}: {problem}", where, values=(v,),
+                          hint=self.stage_hint())
+
+    # -- uses ----------------------------------------------------------------------
+    def not_visible(self, v: Value, user: Node) -> None:
+        producer = v.producer
+        if isinstance(producer, Block):
+            if not self.attached(producer):
+                self.fail("{} is a parameter of a block that is not attached to the graph "
+                          "(a dangling block parameter)", user, values=(v,),
+                          hint="replace its uses with a value of this block before dropping the block; "
+                               + _PASS_BUG)
+            self.fail("block parameter {} is used outside its block", user, values=(v,))
+        if v in self.defined:
+            self.fail("{} is used outside the block that defines it", user, values=(v,),
+                      hint="a value defined in a prim::If/prim::Loop block is visible only inside "
+                           "that block; return it from the block instead")
+        if isinstance(producer, Node) and producer.block is not None and self.attached(producer.block):
+            self.fail(f"{{}} is used before its definition (by {producer.op}, later in the graph)",
+                      user, values=(v,), hint="move the defining node before its first use; " + _PASS_BUG)
+        self.fail("{} is used but its producer is not in the graph (erased or never inserted)",
+                  user, values=(v,), hint="insert the producing node, or replace the use; " + _PASS_BUG)
+
+    def attached(self, block: Block) -> bool:
+        while True:
+            owner = block.owner
+            if isinstance(owner, Graph):
+                return owner is self.graph
+            if owner.block is None or block not in owner.blocks:
+                return False
+            block = owner.block
+
+    def check_use_lists(self) -> None:
+        """Each (node, i) in a value's uses must be a walked node whose input i is the
+        value, listed once; and as many uses as input slots read the value."""
+        in_graph, reads = self.in_graph, self.reads
+        hint = "change inputs only with Node/Value methods (replace_input, replace_all_uses_with)"
+        for v, producer in self.defined.items():
+            uses = v.uses
+            for user, i in uses:
+                if user not in in_graph:
+                    self.fail(f"{{}} lists a use by {user.op}, which is not in the graph "
+                              "(the use list is out of sync)", producer, values=(v,),
+                              hint="drop a node's inputs (Node.erase / drop_inputs) when removing it; "
+                                   + hint)
+                if i >= len(user.inputs) or user.inputs[i] is not v:
+                    self.fail(f"{{}} lists a use as input {i} of this node, but that input is "
+                              "something else (the use list is out of sync)", user, values=(v,),
+                              hint=hint)
+            if len(uses) > 1 and len(set((id(u), i) for u, i in uses)) != len(uses):
+                self.fail("{} lists the same use twice (the use list is out of sync)", producer,
+                          values=(v,), hint=hint)
+            if len(uses) != reads.get(v, 0):
+                self.missing_use(v, producer, hint)
+
+    def missing_use(self, v: Value, producer: Node | Block, hint: str) -> None:
+        listed = {(id(u), i) for u, i in v.uses}
+        for node in _nodes_and_returns(self.graph.block):
+            for i, x in enumerate(node.inputs):
+                if x is v and (id(node), i) not in listed:
+                    self.fail(f"this node reads {{}} as input {i}, but the value's use list does not "
+                              "say so (the use list is out of sync)", node, values=(v,), hint=hint)
+        self.fail("{}'s use list does not match the inputs that read it", producer, values=(v,),
+                  hint=hint)
+
+    # -- nodes ---------------------------------------------------------------------
+    def check_node(self, node: Node) -> None:
+        op = node.op
+        opdef = self.opdefs.get(op)
+        if opdef is None:
+            from dexport.ir.ops import get_op
+            try:
+                opdef = self.opdefs[op] = get_op(op)
+            except DexportError as e:
+                self.fail(f"unknown op {op!r}: {e.what}", node, hint=e.hint or _PASS_BUG)
+        if opdef.num_inputs is not None and len(node.inputs) != opdef.num_inputs:
+            self.fail(f"{op} takes {opdef.num_inputs} inputs{self.schema_note(opdef)}, "
+                      f"this node has {len(node.inputs)}", node,
+                      hint="an ATen node carries every schema argument as an input, in schema order, "
+                           "defaults included (as prim::Constant values)")
+        if opdef.num_outputs is not None and len(node.outputs) != opdef.num_outputs:
+            self.fail(f"{op} returns {opdef.num_outputs} outputs{self.schema_note(opdef)}, "
+                      f"this node has {len(node.outputs)}", node)
+        if op == PARAM:
+            name = node.attrs.get("name")
+            if not isinstance(name, str):
+                self.fail("prim::Param has no 'name' attribute", node)
+            if self.graph.params and name not in self.graph.params:
+                self.fail(f"prim::Param reads {name!r}, which is not in graph.params", node,
+                          hint="add the tensor with graph.add_param(name, tensor), or fix the name")
+        elif self.level and op.startswith("struct::"):
+            self.fail(f"{op} is left in the graph", node, hint=self.stage_hint())
+        if op == "prim::If":
+            if len(node.blocks) != 2 or any(b.params for b in node.blocks):
+                self.fail("prim::If needs exactly two blocks, without parameters", node)
+        elif op == "prim::Loop":
+            carried = len(node.inputs) - 2
+            if carried < 0 or len(node.blocks) != 1:
+                self.fail("prim::Loop needs inputs (max_trip, cond, carried...) and exactly one block",
+                          node)
+            if len(node.outputs) != carried or len(node.blocks[0].params) != carried + 1:
+                self.fail(f"prim::Loop carries {carried} values, so it needs {carried} outputs and a "
+                          f"body with {carried + 1} parameters (iter, carried...); it has "
+                          f"{len(node.outputs)} and {len(node.blocks[0].params)}", node)
+
+    @staticmethod
+    def schema_note(opdef) -> str:
+        return f" (schema: {opdef.schema})" if opdef.schema is not None else ""
+
+    def check_block_results(self, node: Node) -> None:
+        """Block returns must fit the types the node declares."""
+        if node.op == "prim::If":
+            for k, b in enumerate(node.blocks):
+                if len(b.returns) != len(node.outputs):
+                    self.fail(f"block{k} of prim::If returns {len(b.returns)} values for "
+                              f"{len(node.outputs)} outputs", b.return_node)
+                for j, (r, o) in enumerate(zip(b.returns, node.outputs)):
+                    if not fits(r.type, o.type):
+                        self.fail(f"block{k} of prim::If returns {{}}: {r.type} as output {j}, "
+                                  f"declared {o.type}", b.return_node, values=(r,),
+                                  hint="make the If's output type cover both branches "
+                                       "(dexport.ir.ops.unify_types)")
+        elif node.op == "prim::Loop":
+            body = node.blocks[0]
+            carried = len(node.outputs)
+            if len(body.returns) != carried + 1:
+                self.fail(f"the prim::Loop body returns {len(body.returns)} values; it must return "
+                          f"(cond, {carried} carried)", body.return_node)
+            for k in range(carried):
+                init, param = node.inputs[2 + k], body.params[1 + k]
+                ret, out = body.returns[1 + k], node.outputs[k]
+                for value, declared, what in ((init, param, "initial value"),
+                                              (ret, param, "body result"),
+                                              (ret, out, "body result"),
+                                              (init, out, "initial value")):
+                    if not fits(value.type, declared.type):
+                        self.fail(f"prim::Loop carried value {k}: the {what} {{}} has type "
+                                  f"{value.type}, which does not fit {{}}: {declared.type}",
+                                  body.return_node if what == "body result" else node,
+                                  values=(value, declared),
+                                  hint="a carried value keeps one type across iterations")
+
+    # -- stages --------------------------------------------------------------------
+    def stage_hint(self) -> str:
+        if self.level == 1:
+            return "run the staticize-instances pass first (records become plain tensor values)"
+        return ("lower structured values first (staticize-instances; tuples and optionals must be "
+                "flattened into separate values by the pipeline before a backend sees the graph)")
+
+    def type_problem(self, t: Type) -> str | None:
+        hit = self.type_problems.get(id(t))
+        if hit is None:
+            hit = self.type_problems[id(t)] = (t, self._type_problem(t))  # t kept alive: ids stay unique
+        return hit[1]
+
+    def _type_problem(self, t: Type) -> str | None:
+        if _contains_record(t):
+            return "records are not allowed at this stage"
+        if self.level >= 2:
+            elem = t.elem if isinstance(t, ListType) else t
+            if isinstance(elem, ScalarType) and elem.kind == "Any":
+                return "Any is not allowed in a backend-ready graph"
+            if not isinstance(elem, (TensorType, ScalarType)):
+                return "a backend-ready value must be a tensor, a scalar or a list of those"
+        return None
+
+
+def _nodes_and_returns(block: Block):
+    """Every node under ``block`` in print order, each block's return node included."""
+    for node in block.nodes:
+        yield node
+        for b in node.blocks:
+            yield from _nodes_and_returns(b)
+    yield block.return_node
+
+
+def _contains_record(t: Type) -> bool:
+    if isinstance(t, RecordType):
+        return True
+    if isinstance(t, (ListType, OptionalType)):
+        return _contains_record(t.elem)
+    if isinstance(t, TupleType):
+        return any(_contains_record(e) for e in t.elems)
+    return False
+
+
+def fits(actual: Type, declared: Type) -> bool:
+    """Whether a value of type ``actual`` may flow where ``declared`` is expected:
+    equal types, or ``declared`` knows less (unknown dtype/rank, a symbolic dim, Any,
+    an optional of it)."""
+    if actual == declared:
+        return True
+    if isinstance(declared, ScalarType) and declared.kind == "Any":
+        return True
+    if isinstance(declared, OptionalType):
+        return (isinstance(actual, ScalarType) and actual.kind == "None") or fits(
+            actual.elem if isinstance(actual, OptionalType) else actual, declared.elem)
+    if isinstance(declared, TensorType):
+        if not isinstance(actual, TensorType):
+            return False
+        if declared.dtype is not None and actual.dtype != declared.dtype:
+            return False
+        if declared.shape is None:
+            return True
+        if actual.shape is None or len(actual.shape) != len(declared.shape):
+            return False
+        return all(not isinstance(d, int) or a == d for a, d in zip(actual.shape, declared.shape))
+    if isinstance(declared, ScalarType):
+        return (declared.kind == "Scalar" and isinstance(actual, ScalarType)
+                and actual.kind in ("int", "float", "bool"))
+    if isinstance(declared, ListType):
+        return isinstance(actual, ListType) and fits(actual.elem, declared.elem)
+    if isinstance(declared, TupleType):
+        return (isinstance(actual, TupleType) and len(actual.elems) == len(declared.elems)
+                and all(fits(a, d) for a, d in zip(actual.elems, declared.elems)))
+    if isinstance(declared, RecordType):
+        return (isinstance(actual, RecordType) and actual.kind == declared.kind
+                and [n for n, _ in actual.fields] == [n for n, _ in declared.fields]
+                and all(fits(a, d) for (_, a), (_, d) in zip(actual.fields, declared.fields)))
+    return False
