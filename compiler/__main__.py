@@ -1,0 +1,5 @@
+import sys
+
+from dexport.cli import main
+
+sys.exit(main())
