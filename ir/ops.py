@@ -129,8 +129,9 @@ def _torch_opdef(name: str) -> OpDef:
     num_positional = sum(1 for a in args if not a.kwarg_only)
     kwarg_names = tuple(a.name for a in args if a.kwarg_only)
     num_returns = len(schema.returns)
-    return OpDef(name, None if variadic else len(args), num_returns,
-                 _torch_kernel(overload, num_positional, kwarg_names, num_returns, variadic),
+    kernel = _GENERIC_LIST_KERNELS.get(name) or _torch_kernel(
+        overload, num_positional, kwarg_names, num_returns, variadic)
+    return OpDef(name, None if variadic else len(args), num_returns, kernel,
                  _schema_type_rule(schema), schema, overload.__doc__ or "")
 
 
@@ -148,6 +149,32 @@ def _torch_kernel(overload, num_positional: int, kwarg_names: tuple[str, ...],
             return (out,)
         return tuple(out) if num_returns else ()
     return kernel
+
+
+def _set_item(node, lst, index, item):
+    lst[index] = item
+    return (lst,)
+
+
+def _insert(node, lst, index, item):
+    lst.insert(index, item)
+    return ()
+
+
+# Ops on generic lists (``t[]`` in the schema) cannot be called through torch.ops with
+# Python lists; these are their TorchScript meanings in plain Python. Mutating ones
+# change the list object itself, as TorchScript does.
+_GENERIC_LIST_KERNELS: dict[str, Kernel] = {
+    "aten::__getitem__.t": lambda node, lst, index: (lst[index],),
+    "aten::len.t": lambda node, lst: (len(lst),),
+    "aten::list.t": lambda node, lst: (list(lst),),
+    "aten::add.t": lambda node, a, b: (a + b,),
+    "aten::slice.t": lambda node, lst, start, end, step: (lst[start:end:step],),
+    "aten::append.t": lambda node, lst, item: (lst.append(item), lst)[1:],
+    "aten::_set_item.t": _set_item,
+    "aten::insert.t": _insert,
+    "aten::pop.t": lambda node, lst, index: (lst.pop(index),),
+}
 
 
 def _schema_type_rule(schema) -> TypeRule:

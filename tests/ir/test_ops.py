@@ -148,3 +148,15 @@ def test_jit_types_convert():
     t = torch._C.parse_schema("f(Tensor[] a, int? b, (float, bool) c) -> Tensor")
     types = [ir_type_from_jit(a.type) for a in t.arguments]
     assert [str(x) for x in types] == ["list[Tensor]", "optional[int]", "tuple[float, bool]"]
+
+
+def test_generic_list_ops_run_on_python_lists():
+    lst = [3, 4, 5]
+    assert get_op("aten::__getitem__.t").kernel(None, lst, -1) == (5,)
+    assert get_op("aten::len.t").kernel(None, lst) == (3,)
+    assert get_op("aten::slice.t").kernel(None, lst, 1, None, 1) == ([4, 5],)
+    assert get_op("aten::add.t").kernel(None, lst, [6]) == ([3, 4, 5, 6],)
+    (same,) = get_op("aten::append.t").kernel(None, lst, 7)
+    assert same is lst and lst == [3, 4, 5, 7]  # mutates, as in TorchScript
+    get_op("aten::_set_item.t").kernel(None, lst, 0, 9)
+    assert get_op("aten::pop.t").kernel(None, lst, 0) == (9,) and lst == [4, 5, 7]
