@@ -1,0 +1,116 @@
+"""``fold-constants``: pre-compute nodes whose inputs are all constants or parameters."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from dexport.ir.errors import DexportError
+from dexport.ir.graph import CONSTANT, PARAM, Graph, Node, Value
+from dexport.ir.interpreter import evaluate_node
+from dexport.ir.types import TensorType, tensor_type_of
+from dexport.passes.base import Pass, register_pass
+from dexport.passes.effects import graph_mutates, has_side_effects, is_random
+
+_PLAIN = (bool, int, float, str, type(None), torch.dtype, torch.device, torch.layout, torch.memory_format)
+
+
+def _plain(value: Any) -> bool:
+    """Whether ``value`` can be a constant attribute (tensors are handled apart)."""
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    return isinstance(value, _PLAIN)
+
+
+def _static_numel(value: Value) -> int | None:
+    t = value.type
+    if isinstance(t, TensorType) and t.is_static:
+        return math.prod(t.shape)
+    return None
+
+
+@register_pass
+class FoldConstants(Pass):
+    """Evaluates (with the interpreter's kernels) every node whose inputs all come
+    from ``prim::Constant`` / ``prim::Param`` and replaces its outputs: small
+    tensors and plain values by ``prim::Constant``, bigger tensors by new
+    parameters. One forward walk folds whole constant chains, since a folded
+    node's readers come after it. Never folds side-effecting or random ops,
+    nodes with blocks, or outputs over ``max_elements`` elements (folding
+    ``aten::zeros([4096, 4096])`` would only bloat the artifact). Nodes whose
+    kernel fails are left for the run time to report.
+
+    A graph that mutates tensors in place is left alone: a folded value would be
+    computed once, at compile time, and then mutated across runs or loop trips.
+    """
+    name = "fold-constants"
+
+    @dataclass(frozen=True)
+    class Options:
+        max_elements: int = 1_000_000  # never fold a tensor output bigger than this
+        inline_elements: int = 16      # tensors up to this size become prim::Constant
+
+    def run(self, graph: Graph) -> bool:
+        if graph_mutates(graph):
+            return False
+        folded: list[Node] = []
+        for node in graph.nodes():
+            if not self._foldable(node):
+                continue
+            replacements = self._fold(graph, node)
+            if replacements is not None:
+                node.replace_all_uses_with(replacements)
+                folded.append(node)
+        graph.erase_nodes(folded)
+        return bool(folded)
+
+    def _foldable(self, node: Node) -> bool:
+        if node.op in (CONSTANT, PARAM) or node.blocks or not node.outputs:
+            return False
+        for v in node.inputs:
+            producer = v.node
+            if producer is None or producer.op not in (CONSTANT, PARAM):
+                return False
+        for out in node.outputs:
+            numel = _static_numel(out)
+            if numel is not None and numel > self.options.max_elements:
+                return False
+        return not has_side_effects(node) and not is_random(node)
+
+    def _fold(self, graph: Graph, node: Node) -> list[Value] | None:
+        inputs = [v.node.attrs["value"] if v.node.op == CONSTANT else graph.params[v.node.attrs["name"]]
+                  for v in node.inputs]
+        try:
+            with torch.no_grad():
+                results = evaluate_node(node, inputs)
+        except DexportError:
+            return None
+        if len(results) != len(node.outputs):
+            return None
+        for r in results:
+            if isinstance(r, torch.Tensor):
+                if r.numel() > self.options.max_elements or r.is_sparse or r.is_quantized:
+                    return None
+            elif not _plain(r):
+                return None
+        sources = [t for t in inputs if isinstance(t, torch.Tensor)]
+        return [self._materialize(graph, node, out, r, sources) for out, r in zip(node.outputs, results)]
+
+    def _materialize(self, graph: Graph, node: Node, out: Value, result: Any,
+                     sources: list[torch.Tensor]) -> Value:
+        if not isinstance(result, torch.Tensor):
+            return graph.create_node(CONSTANT, [], [out.type], {"value": result},
+                                     node.meta.copy(), before=node).output
+        # A view of an input would keep that input's storage alive (and two saved
+        # parameters sharing storage); give the folded value its own memory.
+        storage = result.untyped_storage().data_ptr()
+        if any(t.untyped_storage().data_ptr() == storage for t in sources) or not result.is_contiguous():
+            result = result.clone(memory_format=torch.contiguous_format)
+        result = result.detach()
+        if result.numel() <= self.options.inline_elements:
+            return graph.create_node(CONSTANT, [], [tensor_type_of(result)], {"value": result},
+                                     node.meta.copy(), before=node).output
+        base = next((v.node.attrs["name"] + ".folded" for v in node.inputs if v.node.op == PARAM), "folded")
+        return graph.add_param(graph.unique_param_name(base), result, before=node)
