@@ -89,3 +89,20 @@ def test_lr_schedule_warms_up_then_decays():
     assert all(a < b for a, b in zip(lrs[:10], lrs[1:11]))
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
     assert lrs[-1] == pytest.approx(0.001, rel=0.05)
+
+
+def test_cli_smoke_run_on_a_zoo_model(tmp_path):
+    """Two real iterations of a tiny zoo model through the command line entry point."""
+    from dexport.models import zoo
+    from dexport.models.train import main
+
+    out = tmp_path / "out"
+    record = main(["--model", "retinanet_tiny", "--iters", "2", "--out", str(out), "--batch", "1",
+                   "--image-size", "64", "--num-train", "2", "--num-val", "2", "--warmup", "1",
+                   "--threads", "1"])
+    assert record["command"].startswith("python -m dexport.models.train --model retinanet_tiny")
+    assert set(record["ap"]) >= {"bbox"}
+    trained = zoo.get("retinanet_tiny", weights=out / "retinanet_tiny.safetensors")
+    init = zoo.get("retinanet_tiny", weights=None)
+    changed = [k for k, v in init.state_dict().items() if not torch.equal(v, trained.state_dict()[k])]
+    assert changed
