@@ -9,10 +9,10 @@ Sizes that depend on the input resolution (``image_size``) are i64 tensors, neve
 python ints, so a trace stays valid at another resolution. Kernels are plain,
 vectorised torch (no python loop per box); they run on any device.
 
-Float ops that sit on a training path (roi_align, decode/encode/clip boxes) get
-autograd by recomputing their kernel under autograd in the backward pass: the
-kernels are differentiable torch, so this is exact and needs no hand-written
-gradient.
+Float ops on a training path have autograd: decode/encode/clip boxes recompute
+their (differentiable torch) kernel under autograd in the backward pass, exact and
+with no hand-written gradient; roi_align has its own ``dexport::_roi_align_backward``
+op (gradient for the features only, as in torchvision).
 """
 
 from __future__ import annotations
@@ -121,9 +121,10 @@ def _greedy_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float)
         candidates = sorted_boxes[alive]
         # Only a higher-scored box may suppress a lower-scored one.
         inner = torch.triu(_overlaps(candidates, candidates, iou_threshold), diagonal=1)
+        inner = inner.to(sorted_boxes.dtype)  # a round is then one matrix-vector product
         kept = torch.ones(alive.numel(), dtype=torch.bool, device=device)
         while True:
-            refined = ~(kept[:, None] & inner).any(dim=0)
+            refined = (kept.to(inner.dtype) @ inner) == 0
             if torch.equal(refined, kept):
                 break
             kept = refined
@@ -176,29 +177,21 @@ def _(boxes, scores, idxs, iou_threshold):
 # --------------------------------------------------------------------------- RoIAlign
 
 
-def _roi_align_kernel(
-    input: torch.Tensor,
-    rois: torch.Tensor,
-    spatial_scale: float,
-    output_h: int,
-    output_w: int,
-    sampling_ratio: int,
-    aligned: bool,
-) -> torch.Tensor:
-    """Mask R-CNN RoIAlign: each bin is the mean of a gh×gw grid of bilinear samples.
+def _roi_align_plan(rois, channels, height, width, spatial_scale, output_h, output_w, sampling_ratio, aligned, dtype):
+    """Where RoIAlign samples, shared by the forward and the backward kernel.
 
-    Sampling follows torchvision/detectron2: a sample outside [-1, H] × [-1, W]
-    counts as 0; otherwise its coordinates are clamped into the image. The samples
-    are taken with ``grid_sample`` (align_corners=True maps grid values exactly onto
-    pixel indices). With adaptive sampling each roi has its own grid size, so rois
-    are grouped by (image, gh, gw) and each group is sampled in one call.
+    Sampling follows torchvision/detectron2: bin (ph, pw) of a roi is the mean of a
+    gh×gw grid of bilinear samples; a sample outside [-1, H] × [-1, W] counts as 0,
+    otherwise its coordinates are clamped into the image. Samples are taken with
+    grid_sample (align_corners=True maps grid values exactly onto pixel indices).
+    With adaptive sampling every roi has its own grid size, so rois are grouped by
+    (image, gh, gw) and each group (in memory-bounded chunks) is sampled in one call.
+
+    Yields (image, roi indices [k], grid [1, k·oh·gh, ow·gw, 2], weight [k, oh, gh, ow, gw])
+    with weight = validity / (gh·gw), so a bin is Σ samples × weight.
     """
-    num_rois = rois.shape[0]
-    _, channels, height, width = input.shape
-    out = input.new_zeros(num_rois, channels, output_h, output_w)
-    if num_rois == 0:
-        return out
-    rois = rois.to(input.dtype)
+    rois = rois.detach().to(dtype)
+    device = rois.device
     offset = 0.5 if aligned else 0.0
     x1 = rois[:, 1] * spatial_scale - offset
     y1 = rois[:, 2] * spatial_scale - offset
@@ -210,35 +203,32 @@ def _roi_align_kernel(
     bin_w = roi_w / output_w
     bin_h = roi_h / output_h
     if sampling_ratio > 0:
-        grid_h = torch.full((num_rois,), sampling_ratio, dtype=torch.int64, device=rois.device)
+        grid_h = torch.full((rois.shape[0],), sampling_ratio, dtype=torch.int64, device=device)
         grid_w = grid_h
     else:
-        grid_h = torch.ceil(roi_h.detach() / output_h).to(torch.int64)
-        grid_w = torch.ceil(roi_w.detach() / output_w).to(torch.int64)
-    keys = torch.stack((rois[:, 0].detach().to(torch.int64), grid_h, grid_w), dim=1)
+        grid_h = torch.ceil(roi_h / output_h).to(torch.int64)
+        grid_w = torch.ceil(roi_w / output_w).to(torch.int64)
+    keys = torch.stack((rois[:, 0].to(torch.int64), grid_h, grid_w), dim=1)
     groups, group_of_roi = torch.unique(keys, dim=0, return_inverse=True)
-
+    py = torch.arange(output_h, dtype=dtype, device=device)
+    px = torch.arange(output_w, dtype=dtype, device=device)
     for g, (image, gh, gw) in enumerate(groups.tolist()):
-        if gh <= 0 or gw <= 0:  # zero-size roi (aligned mode): no samples, output stays 0
+        if gh <= 0 or gw <= 0:  # zero-size roi (aligned mode): no samples, the bin is 0
             continue
         members = torch.nonzero(group_of_roi == g).flatten()
-        per_roi = channels * output_h * gh * output_w * gw
-        step = max(1, _CHUNK_ELEMENTS // per_roi)
+        rows, cols = output_h * gh, output_w * gw
+        step = max(1, _CHUNK_ELEMENTS // (channels * rows * cols))
+        fy = (torch.arange(gh, dtype=dtype, device=device) + 0.5) / gh
+        fx = (torch.arange(gw, dtype=dtype, device=device) + 0.5) / gw
         for start in range(0, members.numel(), step):
             idx = members[start : start + step]
             k = idx.numel()
-            # Sample positions: bin start + (i + 0.5) / g of a bin, per roi and bin.
-            fy = (torch.arange(gh, dtype=input.dtype, device=input.device) + 0.5) / gh
-            fx = (torch.arange(gw, dtype=input.dtype, device=input.device) + 0.5) / gw
-            py = torch.arange(output_h, dtype=input.dtype, device=input.device)
-            px = torch.arange(output_w, dtype=input.dtype, device=input.device)
             ys = y1[idx, None, None] + (py[None, :, None] + fy[None, None, :]) * bin_h[idx, None, None]
             xs = x1[idx, None, None] + (px[None, :, None] + fx[None, None, :]) * bin_w[idx, None, None]
             valid_y = (ys >= -1.0) & (ys <= height)
             valid_x = (xs >= -1.0) & (xs <= width)
             gy = ys.clamp(0, height - 1) * (2.0 / max(height - 1, 1)) - 1.0
             gx = xs.clamp(0, width - 1) * (2.0 / max(width - 1, 1)) - 1.0
-            rows, cols = output_h * gh, output_w * gw
             grid = torch.stack(
                 (
                     gx.reshape(k, 1, cols).expand(k, rows, cols),
@@ -246,33 +236,36 @@ def _roi_align_kernel(
                 ),
                 dim=-1,
             ).reshape(1, k * rows, cols, 2)
-            samples = F.grid_sample(
-                input[image : image + 1], grid, mode="bilinear", padding_mode="border", align_corners=True
-            ).reshape(channels, k, output_h, gh, output_w, gw)
             valid = valid_y[:, :, :, None, None] & valid_x[:, None, None, :, :]
-            pooled = (samples * valid).sum(dim=(3, 5)) / (gh * gw)
-            out[idx] = pooled.permute(1, 0, 2, 3)
-    return out
+            yield image, idx, grid, valid.to(dtype) / (gh * gw)
 
 
-# Explicit schemas where python ints would otherwise become SymInt: these are
-# configuration constants, and plain `int` keeps the IR and backends simple.
+# grid_sampler_2d's enum arguments: bilinear interpolation, border padding.
+_BILINEAR, _BORDER = 0, 1
+
+
 @torch.library.custom_op(
     "dexport::roi_align",
     mutates_args=(),
+    # Explicit schemas where python ints would otherwise become SymInt: these are
+    # configuration constants, and plain `int` keeps the IR and backends simple.
     schema="(Tensor input, Tensor rois, float spatial_scale, int output_h, int output_w, "
     "int sampling_ratio, bool aligned) -> Tensor",
 )
-def _roi_align_op(
-    input: torch.Tensor,
-    rois: torch.Tensor,
-    spatial_scale: float,
-    output_h: int,
-    output_w: int,
-    sampling_ratio: int,
-    aligned: bool,
-) -> torch.Tensor:
-    return _roi_align_kernel(input, rois, spatial_scale, output_h, output_w, sampling_ratio, aligned)
+def _roi_align_op(input, rois, spatial_scale, output_h, output_w, sampling_ratio, aligned):
+    """Mask R-CNN RoIAlign of [K,5] rois (batch index, x1, y1, x2, y2) → [K,C,oh,ow]."""
+    _, channels, height, width = input.shape
+    out = input.new_zeros(rois.shape[0], channels, output_h, output_w)
+    plan = _roi_align_plan(
+        rois, channels, height, width, spatial_scale, output_h, output_w, sampling_ratio, aligned, input.dtype
+    )
+    for image, idx, grid, weight in plan:
+        k, _, gh, _, gw = weight.shape
+        samples = F.grid_sample(
+            input[image : image + 1], grid, mode="bilinear", padding_mode="border", align_corners=True
+        ).reshape(channels, k, output_h, gh, output_w, gw)
+        out[idx] = (samples * weight).sum(dim=(3, 5)).permute(1, 0, 2, 3)
+    return out
 
 
 @_roi_align_op.register_fake
@@ -280,7 +273,51 @@ def _(input, rois, spatial_scale, output_h, output_w, sampling_ratio, aligned):
     return input.new_empty(rois.shape[0], input.shape[1], output_h, output_w)
 
 
-_grad_by_recompute(_roi_align_op, _roi_align_kernel)
+@torch.library.custom_op(
+    "dexport::_roi_align_backward",
+    mutates_args=(),
+    schema="(Tensor grad, Tensor input, Tensor rois, float spatial_scale, int output_h, "
+    "int output_w, int sampling_ratio, bool aligned) -> Tensor",
+)
+def _roi_align_backward_op(grad, input, rois, spatial_scale, output_h, output_w, sampling_ratio, aligned):
+    """d(loss)/d(input) of roi_align (rois get no gradient, as in torchvision): the
+    forward's samples run backwards through aten's grid_sampler_2d_backward.
+
+    An op of its own because the sampling plan is data-dependent: AOT autograd can
+    then trace the backward through the fake kernel."""
+    _, channels, height, width = input.shape
+    grad_input = torch.zeros_like(input)
+    plan = _roi_align_plan(
+        rois, channels, height, width, spatial_scale, output_h, output_w, sampling_ratio, aligned, input.dtype
+    )
+    for image, idx, grid, weight in plan:
+        k, _, gh, _, gw = weight.shape
+        grad_samples = grad[idx].permute(1, 0, 2, 3)[:, :, :, None, :, None] * weight
+        grad_samples = grad_samples.reshape(1, channels, k * output_h * gh, output_w * gw)
+        grad_image, _ = torch.ops.aten.grid_sampler_2d_backward(
+            grad_samples, input[image : image + 1], grid, _BILINEAR, _BORDER, True, [True, False]
+        )
+        grad_input[image] += grad_image[0]
+    return grad_input
+
+
+@_roi_align_backward_op.register_fake
+def _(grad, input, rois, spatial_scale, output_h, output_w, sampling_ratio, aligned):
+    return torch.empty_like(input)
+
+
+def _roi_align_setup_context(ctx, inputs, output):
+    input, rois, *ctx.config = inputs
+    ctx.save_for_backward(input, rois)
+
+
+def _roi_align_backward(ctx, grad):
+    input, rois = ctx.saved_tensors
+    grad_input = torch.ops.dexport._roi_align_backward(grad.contiguous(), input, rois, *ctx.config)
+    return (grad_input, None) + (None,) * len(ctx.config)
+
+
+_roi_align_op.register_autograd(_roi_align_backward, setup_context=_roi_align_setup_context)
 
 
 # --------------------------------------------------------------------------- box coding
@@ -541,14 +578,24 @@ def _(maps, rois):
 # --------------------------------------------------------------------------- wrappers
 
 
+def _as_i64(t: torch.Tensor, device) -> torch.Tensor:
+    if t.dtype == torch.int64 and t.device == device:
+        return t  # the usual case: no aten::to in traces
+    return t.to(device=device, dtype=torch.int64)
+
+
 def _size_tensor(image_size, device) -> torch.Tensor:
-    """(h, w) as an i64[2] tensor: keeps traced 0-d size tensors connected to the trace."""
+    """(h, w) as an i64[2] tensor; traced 0-d size tensors stay connected to the trace
+    (plain ints become a constant, which is what they are)."""
     if isinstance(image_size, torch.Tensor):
-        return image_size.to(device=device, dtype=torch.int64)
-    h, w = image_size
-    if isinstance(h, torch.Tensor) or isinstance(w, torch.Tensor):
-        return torch.stack([torch.as_tensor(v, device=device) for v in (h, w)]).to(torch.int64)
-    return torch.tensor([int(h), int(w)], dtype=torch.int64, device=device)
+        return _as_i64(image_size, device)
+    parts = [
+        _as_i64(v if v.dim() == 0 else v.reshape(()), device)
+        if isinstance(v, torch.Tensor)
+        else torch.tensor(int(v), dtype=torch.int64, device=device)
+        for v in image_size
+    ]
+    return torch.stack(parts)
 
 
 def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
