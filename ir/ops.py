@@ -18,7 +18,6 @@ the node's inputs and attributes).
 from __future__ import annotations
 
 import importlib
-import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -46,7 +45,6 @@ class OpDef:
 
 _OWNED: dict[str, OpDef] = {}
 _TORCH_CACHE: dict[str, OpDef] = {}
-_lock = threading.Lock()
 # Namespaces whose torch.library registrations live in a dexport module that must be
 # imported before the first lookup.
 _LIBRARY_MODULES = {"dexport": "dexport.models.ops"}
@@ -83,13 +81,8 @@ def has_op(name: str) -> bool:
 def get_op(name: str) -> OpDef:
     """The OpDef for ``name``; torch ops are resolved from ``torch.ops`` on first use."""
     opdef = _OWNED.get(name) or _TORCH_CACHE.get(name)
-    if opdef is not None:
-        return opdef
-    with _lock:
-        opdef = _TORCH_CACHE.get(name)
-        if opdef is None:
-            opdef = _torch_opdef(name)
-            _TORCH_CACHE[name] = opdef
+    if opdef is None:
+        opdef = _TORCH_CACHE[name] = _torch_opdef(name)
     return opdef
 
 

@@ -8,7 +8,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import dexport
-import dexport.records  # noqa: F401  registers Instances/Boxes with the schemas
 from dexport import tracing
 from dexport.ir import CaptureError
 from dexport.ir.verifier import verify

@@ -42,6 +42,7 @@ def test_prim_ops_with_torch_schemas():
     assert get_op("aten::size.int").kernel(None, x, 1) == (5,)
     assert get_op("aten::Int.Tensor").kernel(None, torch.tensor(7)) == (7,)
     assert get_op("prim::device").kernel(None, x) == (torch.device("cpu"),)
+    assert get_op("aten::ScalarImplicit").kernel(None, torch.tensor(2.5)) == (2.5,)
     assert get_op("aten::size.int").type_rule(None) == [INT]
 
 
