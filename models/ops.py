@@ -95,9 +95,11 @@ def _overlaps(a: torch.Tensor, b: torch.Tensor, iou_threshold: float) -> torch.T
     return inter > union.mul_(iou_threshold)
 
 
-def _greedy_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+def _greedy_nms(boxes, scores, iou_threshold: float, classes=None) -> torch.Tensor:
     """Greedy NMS: kept indices by decreasing score (stable: ties keep the lower index
-    first); a box is dropped when its IoU with an already kept box is > iou_threshold.
+    first); a box is dropped when its IoU with an already kept box is > iou_threshold
+    and, when ``classes`` is given, that box has the same class. (A same-class mask
+    rather than detectron2's coordinate-offset trick: exact for any coordinates.)
 
     Vectorised by blocks of the score-sorted boxes. Within a block, the greedy result
     is the unique fixed point of "kept = alive and not overlapped by an earlier kept
@@ -111,6 +113,14 @@ def _greedy_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float)
         return torch.empty(0, dtype=torch.int64, device=device)
     order = torch.sort(scores, descending=True, stable=True).indices
     sorted_boxes = boxes[order]
+    sorted_classes = classes[order] if classes is not None else None
+
+    def overlaps(rows, cols) -> torch.Tensor:  # index tensors or slices of the sorted boxes
+        hit = _overlaps(sorted_boxes[rows], sorted_boxes[cols], iou_threshold)
+        if sorted_classes is not None:
+            hit &= sorted_classes[rows][:, None] == sorted_classes[cols][None, :]
+        return hit
+
     removed = torch.zeros(n, dtype=torch.bool, device=device)
     keep = torch.zeros(n, dtype=torch.bool, device=device)
     for start in range(0, n, _NMS_BLOCK):
@@ -118,38 +128,20 @@ def _greedy_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float)
         alive = torch.nonzero(~removed[start:stop]).flatten() + start
         if alive.numel() == 0:
             continue
-        candidates = sorted_boxes[alive]
         # Only a higher-scored box may suppress a lower-scored one.
-        inner = torch.triu(_overlaps(candidates, candidates, iou_threshold), diagonal=1)
-        inner = inner.to(sorted_boxes.dtype)  # a round is then one matrix-vector product
+        inner = torch.triu(overlaps(alive, alive), diagonal=1)
+        inner = inner.to(torch.float32)  # a round is then one matrix-vector product
         kept = torch.ones(alive.numel(), dtype=torch.bool, device=device)
         while True:
-            refined = (kept.to(inner.dtype) @ inner) == 0
+            refined = (kept.to(torch.float32) @ inner) == 0
             if torch.equal(refined, kept):
                 break
             kept = refined
         kept_idx = alive[kept]
         keep[kept_idx] = True
         if stop < n:
-            removed[stop:] |= _overlaps(sorted_boxes[kept_idx], sorted_boxes[stop:], iou_threshold).any(dim=0)
+            removed[stop:] |= overlaps(kept_idx, slice(stop, None)).any(dim=0)
     return order[keep]
-
-
-def _greedy_batched_nms(boxes, scores, idxs, iou_threshold: float) -> torch.Tensor:
-    """NMS within each category, merged into one list ordered like _greedy_nms.
-
-    Categories never interact, so each is suppressed on its own (cost Σ n_c² rather
-    than N²; exact for any coordinates, unlike detectron2's coordinate-offset trick).
-    """
-    kept = [
-        members[_greedy_nms(boxes[members], scores[members], iou_threshold)]
-        for members in (torch.nonzero(idxs == c).flatten() for c in torch.unique(idxs))
-    ]
-    if not kept:
-        return torch.empty(0, dtype=torch.int64, device=boxes.device)
-    # Ascending index first, then a stable sort by score: ties keep the lower index first.
-    merged = torch.sort(torch.cat(kept)).values
-    return merged[torch.sort(scores[merged], descending=True, stable=True).indices]
 
 
 @torch.library.custom_op("dexport::nms", mutates_args=())
@@ -166,7 +158,7 @@ def _(boxes, scores, iou_threshold):
 def _batched_nms_op(
     boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float
 ) -> torch.Tensor:
-    return _greedy_batched_nms(boxes, scores, idxs, iou_threshold)
+    return _greedy_nms(boxes, scores, iou_threshold, classes=idxs)
 
 
 @_batched_nms_op.register_fake
