@@ -56,9 +56,14 @@ class Pass:
 
     def spec(self) -> str:
         """The pipeline text that rebuilds this pass: its name and non-default options."""
-        parts = [f"{f.name}={format_option(getattr(self.options, f.name))}"
-                 for f in dataclasses.fields(self.options)
-                 if getattr(self.options, f.name) != _default_of(f)]
+        parts = []
+        for f in dataclasses.fields(self.options):
+            value = getattr(self.options, f.name)
+            if value != _default_of(f):
+                text = format_option(value)
+                if any(c in text for c in ',{}= ') or not text:
+                    text = f'"{text}"'  # the pipeline reader takes quoted values verbatim
+                parts.append(f"{f.name}={text}")
         return self.name + ("{" + ",".join(parts) + "}" if parts else "")
 
     def __repr__(self) -> str:

@@ -7,8 +7,9 @@ from typing import Any
 import torch
 
 from dexport.ir.graph import CONSTANT, PARAM, Block, Graph, Node
+from dexport.ir.types import Type
 from dexport.passes.base import Pass, register_pass
-from dexport.passes.effects import graph_mutates, has_side_effects, is_random
+from dexport.passes.effects import graph_mutates, has_side_effects, op_effects
 
 
 # --------------------------------------------------------------------------- dce
@@ -47,14 +48,24 @@ def _mark_dead(block: Block, control: list[Node], dead_ids: set[int] | None = No
             control.append(node)
             for b in node.blocks:
                 dead += _mark_dead(b, control, dead_ids)
-        if has_side_effects(node):
+            if has_side_effects(node):
+                continue
+        elif op_effects(node.op).side_effects:
             continue
-        if all(id(user) in dead_ids for out in node.outputs for user, _ in out.uses):
+        if _all_uses_dead(node, dead_ids):
             dead.append(node)
             dead_ids.add(id(node))
             if node.blocks:  # what its blocks read is read by no one now
                 _add_nested(node, dead_ids)
     return dead
+
+
+def _all_uses_dead(node: Node, dead_ids: set[int]) -> bool:
+    for out in node.outputs:
+        for user, _ in out.uses:
+            if id(user) not in dead_ids:
+                return False
+    return True
 
 
 def _add_nested(node: Node, ids: set[int]) -> None:
@@ -136,19 +147,23 @@ class _Unhashable(Exception):
     pass
 
 
+_SIMPLE = frozenset({int, str, bool, type(None), torch.dtype, torch.device, torch.layout,
+                     torch.memory_format})
+
+
 def _freeze(x: Any) -> Any:
     """A hashable key equal for equal attribute values and different for values
     Python calls equal but the IR does not (True vs 1, 0.0 vs -0.0)."""
-    if isinstance(x, float):
-        return ("float", x.hex())
-    if isinstance(x, (list, tuple)):
-        return (type(x).__name__, tuple(_freeze(e) for e in x))
+    kind = type(x)
+    if kind in _SIMPLE:
+        return (kind, x)
+    if kind is float:
+        return (float, x.hex())
+    if kind is list or kind is tuple:
+        return (kind, tuple([_freeze(e) for e in x]))
     if isinstance(x, torch.Tensor):
         flat = x.detach().cpu().contiguous().reshape(-1)
-        return ("tensor", x.dtype, tuple(x.shape), flat.view(torch.uint8).numpy().tobytes())
-    if x is None or isinstance(x, (bool, int, str, torch.dtype, torch.device, torch.layout,
-                                   torch.memory_format)):
-        return (type(x).__name__, x)
+        return (torch.Tensor, x.dtype, tuple(x.shape), flat.view(torch.uint8).numpy().tobytes())
     raise _Unhashable
 
 
@@ -174,6 +189,10 @@ class CommonSubexpressionElimination(Pass):
         self.only_constants = graph_mutates(graph)
         self.table: dict[tuple, Node] = {}
         self.merged: list[Node] = []
+        self.mergeable_ops: dict[str, bool] = {}
+        # Types are hashed by value once per type object, not once per node.
+        self.type_numbers: dict[Type, int] = {}
+        self.type_number_of: dict[int, int] = {}  # id(type) -> number; types outlive the pass
         self._block(graph.block)
         graph.erase_nodes(self.merged)
         return bool(self.merged)
@@ -199,16 +218,33 @@ class CommonSubexpressionElimination(Pass):
         for key in added:
             del table[key]  # leaving the block: its values do not dominate what follows
 
+    def _mergeable_op(self, op: str) -> bool:
+        if op == CONSTANT:
+            return True
+        if self.only_constants:
+            return False
+        effects = op_effects(op)
+        return op == PARAM or not (effects.side_effects or effects.random)
+
+    def _type_number(self, t: Type) -> int:
+        number = self.type_number_of.get(id(t))
+        if number is None:
+            number = self.type_number_of[id(t)] = self.type_numbers.setdefault(t, len(self.type_numbers))
+        return number
+
     def _key(self, node: Node) -> tuple | None:
-        if not node.outputs:
+        op = node.op
+        ok = self.mergeable_ops.get(op)
+        if ok is None:
+            ok = self.mergeable_ops[op] = self._mergeable_op(op)
+        outputs = node.outputs
+        if not ok or not outputs or (self.only_constants and not _immutable_constant(node)):
             return None
-        if self.only_constants and not (node.op == CONSTANT and _immutable_constant(node)):
-            return None
-        if node.op not in (CONSTANT, PARAM) and (has_side_effects(node) or is_random(node)):
-            return None
-        try:
-            attrs = tuple((k, _freeze(v)) for k, v in sorted(node.attrs.items()))
-        except _Unhashable:
-            return None
-        return (node.op, tuple(id(v) for v in node.inputs), attrs,
-                tuple(o.type for o in node.outputs))
+        attrs = ()
+        if node.attrs:
+            try:
+                attrs = tuple([(k, _freeze(v)) for k, v in sorted(node.attrs.items())])
+            except _Unhashable:
+                return None
+        types = tuple([self._type_number(o.type) for o in outputs])
+        return (op, tuple(map(id, node.inputs)), attrs, types)

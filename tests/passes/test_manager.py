@@ -1,5 +1,6 @@
 """PassManager: pipeline text, requires/establishes, and the instruments."""
 import os
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -63,6 +64,21 @@ def test_pipeline_text_with_options_and_spaces():
     pm = PassManager(passes)
     assert pm.pipeline_text == "cse,dce,fold-constants{max_elements=10,inline_elements=2},canonicalize{debug=true}"
     assert PassManager(pm.pipeline_text).pipeline_text == pm.pipeline_text
+
+
+def test_string_options_with_separators_round_trip():
+    class Labelled(Pass):
+        name = "labelled"
+
+        @dataclass(frozen=True)
+        class Options:
+            label: str = "x"
+
+    spec = Labelled(label="a,b{c}=d e").spec()
+    assert spec == 'labelled{label="a,b{c}=d e"}'
+    assert Labelled(label="").spec() == 'labelled{label=""}'
+    reader_value = parse_pipeline('fold-constants{max_elements="12"}')[0].options.max_elements
+    assert reader_value == 12
 
 
 def test_empty_pipeline_and_empty_braces():
