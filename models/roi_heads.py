@@ -18,8 +18,9 @@ from dexport.models.rpn import match_labels, sample_labels
 from dexport.models.structures import Boxes, Instances, pairwise_iou
 
 __all__ = [
-    "ROIHeadsConfig", "ROIPooler", "boxes_to_rois", "BoxHead", "BoxPredictor", "MaskHead",
-    "KeypointHead", "ROIHeads", "box_inference_single", "keypoints_to_heatmap_targets",
+    "ROIHeadsConfig", "ROIPooler", "boxes_to_rois", "split_by_image", "BoxHead", "BoxPredictor",
+    "MaskHead", "KeypointHead", "ROIHeads", "box_inference_single",
+    "keypoints_to_heatmap_targets",
 ]
 
 

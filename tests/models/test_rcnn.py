@@ -245,21 +245,24 @@ class _FlattenAdapter(nn.Module):
         return tuple(flat)
 
 
-@pytest.mark.parametrize("name", TINY)
-@pytest.mark.parametrize("batch", [1, 2])
+# Batch 2 of Faster R-CNN is covered by Mask R-CNN's (same box path).
+@pytest.mark.parametrize("name, batch", [(name, 1) for name in TINY] + [
+    ("mask_rcnn_tiny", 2), ("keypoint_rcnn_tiny", 2)])
 def test_trace_matches_eager_at_another_resolution(name, batch):
-    # No cap on the detection count, so the number of results is truly data-dependent.
+    # No cap on the detection count, so the number of results is truly data-dependent;
+    # fewer proposals keep the test fast.
     cfg = zoo.config(name)
-    cfg = dataclasses.replace(cfg, roi_heads=dataclasses.replace(
-        cfg.roi_heads, detections_per_image=1000))
+    cfg = dataclasses.replace(
+        cfg, rpn=dataclasses.replace(cfg.rpn, post_nms_topk_test=30),
+        roi_heads=dataclasses.replace(cfg.roi_heads, detections_per_image=1000))
     torch.manual_seed(0)
     adapter = _FlattenAdapter(GeneralizedRCNN(cfg).eval())
     gen = torch.Generator().manual_seed(1)
-    sample = tuple(torch.rand(3, 128, 128, generator=gen) * 255 for _ in range(batch))
-    with warnings.catch_warnings():
+    sample = tuple(torch.rand(3, 96, 96, generator=gen) * 255 for _ in range(batch))
+    with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(adapter, sample, check_trace=False)
-    data = _dataset(name, size_range=(72, 160))
+    data = _dataset(name, size_range=(64, 136))
     images = tuple(data[i]["image"] for i in range(batch))
     with torch.no_grad():
         expected = adapter(*images)
