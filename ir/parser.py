@@ -383,10 +383,15 @@ class _Parser:
         if len(values) != numel:
             self.fail(close + 3, f"tensor has {len(values)} values, its shape {list(typ.shape)} needs {numel}")
         try:
-            t = torch.tensor(values, dtype=typ.dtype).reshape(typ.shape)
+            if typ.dtype == torch.bfloat16:
+                # Converting to bf16 drops a NaN's sign; its bits are the top half of an f32's.
+                bits = torch.tensor(values, dtype=torch.float32).view(torch.int32) >> 16
+                t = bits.to(torch.int16).view(torch.bfloat16)
+            else:
+                t = torch.tensor(values, dtype=typ.dtype)
         except (TypeError, RuntimeError, OverflowError) as e:
             self.fail(close + 3, f"bad tensor values: {e}")
-        return t, q + 1
+        return t.reshape(typ.shape), q + 1
 
     # -- meta ----------------------------------------------------------------------
     def meta(self, s: str, p: int) -> Meta:

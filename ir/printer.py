@@ -147,6 +147,8 @@ class _Printer:
 
     # -- naming ----------------------------------------------------------------------
     def _define(self, v: Value) -> str:
+        if v in self.names:  # only in a broken graph: used before, or defined twice
+            return self.names[v]
         hint = v.name_hint
         if hint and IDENT.fullmatch(hint):
             name = hint

@@ -50,14 +50,22 @@ class _Verifier:
         self.in_graph: set[Node] = set()         # every node walked, return nodes included
         self.opdefs: dict[str, Any] = {}
         self.type_problems: dict[int, tuple[Type, str | None]] = {}
+        self._context: tuple[Node | Block, str] | None = None  # set by namer()
 
     # -- errors --------------------------------------------------------------------
-    def fail(self, what: str, where: Node | Block, hint: str = _PASS_BUG,
-             values: tuple[Value, ...] = ()) -> None:
-        """Raise for ``where``; each ``{}`` in ``what`` becomes the printed name of the
-        matching entry of ``values``."""
+    def namer(self, where: Node | Block):
+        """A function giving values the names they have in the context printed around
+        ``where``, so a message names them as the IR lines it shows do."""
         context, names = _format_context(self.graph, where, 3)
-        what = what.format(*(self.describe(v, names) for v in values))
+        self._context = (where, context)
+        return lambda v: self.describe(v, names)
+
+    def fail(self, what: str, where: Node | Block, hint: str = _PASS_BUG) -> None:
+        """Raise for ``where`` (a node, a block's return node, or a block: its header)."""
+        if self._context is not None and self._context[0] is where:
+            context = self._context[1]
+        else:
+            context = _format_context(self.graph, where, 3)[0]
         node = where if isinstance(where, Node) else where.owner
         if isinstance(node, Node):
             if node.op == RETURN and isinstance(node.block.owner, Node):
@@ -124,13 +132,15 @@ class _Verifier:
         if v in self.defined:
             first = self.defined[v]
             first_desc = first.op if isinstance(first, Node) else "a block's parameters"
-            self.fail(f"value {{}} is defined twice: it is also an output or parameter of {first_desc}",
-                      where, values=(v,),
+            name = self.namer(where)
+            self.fail(f"value {name(v)} is defined twice: it is also an output or parameter of "
+                      f"{first_desc}", where,
                       hint="create a new Value for each definition (Node.add_output, Block.add_param); "
                            + _PASS_BUG)
         if v.producer is not producer or v.index != index:
-            self.fail(f"value {{}} is listed as definition #{index} here, but says it is "
-                      f"#{v.index} of {getattr(v.producer, 'op', 'a block')}", where, values=(v,),
+            name = self.namer(where)
+            self.fail(f"value {name(v)} is listed as definition #{index} here, but says it is "
+                      f"#{v.index} of {getattr(v.producer, 'op', 'a block')}", where,
                       hint="create a new Value for each definition (Node.add_output, Block.add_param); "
                            + _PASS_BUG)
         self.defined[v] = producer
@@ -139,28 +149,30 @@ class _Verifier:
         if self.level:
             problem = self.type_problem(v.type)
             if problem:
-                self.fail(f"value {{}} has type {v.type}: {problem}", where, values=(v,),
+                name = self.namer(where)
+                self.fail(f"value {name(v)} has type {v.type}: {problem}", where,
                           hint=self.stage_hint())
 
     # -- uses ----------------------------------------------------------------------
     def not_visible(self, v: Value, user: Node) -> None:
         producer = v.producer
+        name = self.namer(user)(v)
         if isinstance(producer, Block):
             if not self.attached(producer):
-                self.fail("{} is a parameter of a block that is not attached to the graph "
-                          "(a dangling block parameter)", user, values=(v,),
+                self.fail(f"{name} is a parameter of a block that is not attached to the graph "
+                          "(a dangling block parameter)", user,
                           hint="replace its uses with a value of this block before dropping the block; "
                                + _PASS_BUG)
-            self.fail("block parameter {} is used outside its block", user, values=(v,))
+            self.fail(f"block parameter {name} is used outside its block", user)
         if v in self.defined:
-            self.fail("{} is used outside the block that defines it", user, values=(v,),
+            self.fail(f"{name} is used outside the block that defines it", user,
                       hint="a value defined in a prim::If/prim::Loop block is visible only inside "
                            "that block; return it from the block instead")
         if isinstance(producer, Node) and producer.block is not None and self.attached(producer.block):
-            self.fail(f"{{}} is used before its definition (by {producer.op}, later in the graph)",
-                      user, values=(v,), hint="move the defining node before its first use; " + _PASS_BUG)
-        self.fail("{} is used but its producer is not in the graph (erased or never inserted)",
-                  user, values=(v,), hint="insert the producing node, or replace the use; " + _PASS_BUG)
+            self.fail(f"{name} is used before its definition (by {producer.op}, later in the graph)",
+                      user, hint="move the defining node before its first use; " + _PASS_BUG)
+        self.fail(f"{name} is used but its producer is not in the graph (erased or never inserted)",
+                  user, hint="insert the producing node, or replace the use; " + _PASS_BUG)
 
     def attached(self, block: Block) -> bool:
         while True:
@@ -180,17 +192,19 @@ class _Verifier:
             uses = v.uses
             for user, i in uses:
                 if user not in in_graph:
-                    self.fail(f"{{}} lists a use by {user.op}, which is not in the graph "
-                              "(the use list is out of sync)", producer, values=(v,),
+                    name = self.namer(producer)
+                    self.fail(f"{name(v)} lists a use by {user.op}, which is not in the graph "
+                              "(the use list is out of sync)", producer,
                               hint="drop a node's inputs (Node.erase / drop_inputs) when removing it; "
                                    + hint)
                 if i >= len(user.inputs) or user.inputs[i] is not v:
-                    self.fail(f"{{}} lists a use as input {i} of this node, but that input is "
-                              "something else (the use list is out of sync)", user, values=(v,),
-                              hint=hint)
+                    name = self.namer(user)
+                    self.fail(f"{name(v)} lists a use as input {i} of this node, but that input is "
+                              "something else (the use list is out of sync)", user, hint=hint)
             if len(uses) > 1 and len(set((id(u), i) for u, i in uses)) != len(uses):
-                self.fail("{} lists the same use twice (the use list is out of sync)", producer,
-                          values=(v,), hint=hint)
+                name = self.namer(producer)
+                self.fail(f"{name(v)} lists the same use twice (the use list is out of sync)",
+                          producer, hint=hint)
             if len(uses) != reads.get(v, 0):
                 self.missing_use(v, producer, hint)
 
@@ -199,10 +213,11 @@ class _Verifier:
         for node in _nodes_and_returns(self.graph.block):
             for i, x in enumerate(node.inputs):
                 if x is v and (id(node), i) not in listed:
-                    self.fail(f"this node reads {{}} as input {i}, but the value's use list does not "
-                              "say so (the use list is out of sync)", node, values=(v,), hint=hint)
-        self.fail("{}'s use list does not match the inputs that read it", producer, values=(v,),
-                  hint=hint)
+                    name = self.namer(node)
+                    self.fail(f"this node reads {name(v)} as input {i}, but the value's use list "
+                              "does not say so (the use list is out of sync)", node, hint=hint)
+        name = self.namer(producer)
+        self.fail(f"{name(v)}'s use list does not match the inputs that read it", producer, hint=hint)
 
     # -- nodes ---------------------------------------------------------------------
     def check_node(self, node: Node) -> None:
@@ -213,7 +228,7 @@ class _Verifier:
             try:
                 opdef = self.opdefs[op] = get_op(op)
             except DexportError as e:
-                self.fail(f"unknown op {op!r}: {e.what}", node, hint=e.hint or _PASS_BUG)
+                self.fail(e.what, node, hint=e.hint or _PASS_BUG)
         if opdef.num_inputs is not None and len(node.inputs) != opdef.num_inputs:
             self.fail(f"{op} takes {opdef.num_inputs} inputs{self.schema_note(opdef)}, "
                       f"this node has {len(node.inputs)}", node,
@@ -257,8 +272,9 @@ class _Verifier:
                               f"{len(node.outputs)} outputs", b.return_node)
                 for j, (r, o) in enumerate(zip(b.returns, node.outputs)):
                     if not fits(r.type, o.type):
-                        self.fail(f"block{k} of prim::If returns {{}}: {r.type} as output {j}, "
-                                  f"declared {o.type}", b.return_node, values=(r,),
+                        name = self.namer(b.return_node)
+                        self.fail(f"block{k} of prim::If returns {name(r)}: {r.type} as output {j}, "
+                                  f"declared {o.type}", b.return_node,
                                   hint="make the If's output type cover both branches "
                                        "(dexport.ir.ops.unify_types)")
         elif node.op == "prim::Loop":
@@ -275,10 +291,11 @@ class _Verifier:
                                               (ret, out, "body result"),
                                               (init, out, "initial value")):
                     if not fits(value.type, declared.type):
-                        self.fail(f"prim::Loop carried value {k}: the {what} {{}} has type "
-                                  f"{value.type}, which does not fit {{}}: {declared.type}",
-                                  body.return_node if what == "body result" else node,
-                                  values=(value, declared),
+                        where = body.return_node if what == "body result" else node
+                        name = self.namer(where)
+                        self.fail(f"prim::Loop carried value {k}: the {what} {name(value)} has type "
+                                  f"{value.type}, which does not fit {name(declared)}: "
+                                  f"{declared.type}", where,
                                   hint="a carried value keeps one type across iterations")
 
     # -- stages --------------------------------------------------------------------
