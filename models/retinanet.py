@@ -36,6 +36,7 @@ class RetinaNetConfig:
     anchor_scales: tuple[float, ...] = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))  # octave steps
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
     num_convs: int = 4
+    head_init_std: float = 0.01  # of the subnet and predictor conv weights
     prior_prob: float = 0.01  # initial foreground probability of every anchor
     iou_thresholds: tuple[float, float] = (0.4, 0.5)  # below: background, at/above: object
     box_weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
@@ -58,11 +59,14 @@ class RetinaNetConfig:
         """For ~128x128 images of 20-50 px objects: narrow backbone, anchors halved.
 
         ``prior_prob`` is 0.1 rather than 0.01 so the untrained model already scores
-        above ``score_thresh`` (0.05) and produces detections."""
+        above ``score_thresh`` (0.05) and produces detections. ``head_init_std`` is
+        He-like (sqrt(2 / (9 * 32))): 0.01 suits 256 channels, but over 32 channels the
+        four subnet convs would shrink signals and gradients ~1000x (measured: bbox AP
+        0.1 instead of 1.3 after 300 iterations, 17.5 after 1000)."""
         return RetinaNetConfig(
             backbone=BackboneConfig.tiny(top_block="p6p7"), num_classes=num_classes,
-            anchor_sizes=(16, 32, 64, 128, 256), prior_prob=0.1, topk_candidates=256,
-            detections_per_image=50)
+            anchor_sizes=(16, 32, 64, 128, 256), head_init_std=0.08, prior_prob=0.1,
+            topk_candidates=256, detections_per_image=50)
 
 
 class MultiScaleAnchorGenerator(AnchorGenerator):
@@ -81,7 +85,7 @@ class RetinaNetHead(nn.Module):
     """Class and box subnets (``num_convs`` 3x3 conv + ReLU each), shared over levels."""
 
     def __init__(self, channels: int, num_anchors: int, num_classes: int, num_convs: int,
-                 prior_prob: float):
+                 prior_prob: float, init_std: float = 0.01):
         super().__init__()
 
         def subnet() -> nn.Sequential:
@@ -96,7 +100,7 @@ class RetinaNetHead(nn.Module):
         self.bbox_pred = nn.Conv2d(channels, num_anchors * 4, 3, padding=1)
         for layer in [*self.cls_subnet, *self.bbox_subnet, self.cls_score, self.bbox_pred]:
             if isinstance(layer, nn.Conv2d):
-                nn.init.normal_(layer.weight, std=0.01)
+                nn.init.normal_(layer.weight, std=init_std)
                 nn.init.zeros_(layer.bias)
         # Every anchor starts at foreground probability prior_prob, so the loss of the
         # many background anchors does not swamp the first iterations.
@@ -143,7 +147,8 @@ class RetinaNet(nn.Module):
         sizes = tuple(tuple(s * k for k in cfg.anchor_scales) for s in cfg.anchor_sizes)
         self.anchor_generator = MultiScaleAnchorGenerator(sizes, cfg.aspect_ratios, strides)
         self.head = RetinaNetHead(self.backbone.out_channels, self.anchor_generator.num_anchors,
-                                  cfg.num_classes, cfg.num_convs, cfg.prior_prob)
+                                  cfg.num_classes, cfg.num_convs, cfg.prior_prob,
+                                  cfg.head_init_std)
         self.postprocess = Postprocess()
         self.register_buffer("pixel_mean", torch.tensor(cfg.pixel_mean).view(-1, 1, 1),
                              persistent=False)
