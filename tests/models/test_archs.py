@@ -15,7 +15,9 @@ from dexport.models.data import ShapesDataset
 from dexport.models.panoptic import (
     PanopticFPN, combine_semantic_and_instance_outputs, segments_info_as_list,
 )
-from dexport.models.pointrend import point_sample, regular_grid_points, sample_roi_points
+from dexport.models.pointrend import (
+    PointRendMaskHead, point_sample, regular_grid_points, sample_roi_points,
+)
 from dexport.models.structures import Boxes, Instances
 
 TINY = ["retinanet_tiny", "cascade_mask_rcnn_tiny", "pointrend_tiny", "panoptic_fpn_tiny"]
@@ -327,6 +329,30 @@ def test_pointrend_mask_resolution():
     assert results[0].pred_masks.shape[1:] == (1, side, side)
     probs = results[0].pred_masks
     assert ((probs >= 0) & (probs <= 1)).all()
+
+
+def test_pointrend_r50_subdivision_schedule():
+    """detectron2's schedule: 7 -> 14 is skipped (784 points would cover 14x14 and the
+    next step re-predicts all 28x28 cells anyway), then 28, 56, 112, 224."""
+    cfg = zoo.config("pointrend_R50_FPN")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        head = PointRendMaskHead(cfg, 8, 4).eval()
+    feature = torch.randn(2, 8, 16, 20)
+    rois = torch.tensor([[0.0, 4, 4, 40, 30], [1.0, 10, 0, 70, 60], [1.0, 0, 0, 80, 64]])
+    classes = torch.tensor([3, 0, 79])
+    calls = []
+    original = head.point_logits
+
+    def spy(feature, rois, coarse, points, num_images):
+        calls.append(points.shape[1])
+        return original(feature, rois, coarse, points, num_images)
+
+    head.point_logits = spy
+    with torch.no_grad():
+        logits = head(feature, rois, classes, num_images=2)
+    assert logits.shape == (3, 1, 224, 224)
+    assert calls == [784, 784, 784, 784]
 
 
 # ---- full-size -----------------------------------------------------------------------
