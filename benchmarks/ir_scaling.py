@@ -10,7 +10,7 @@ views built from ``aten::size.int`` calls, subexpressions computed twice
 Targets: every step grows linearly (time at 1M / time at 100k <= 12) and the
 ``cse,dce`` pipeline handles >= 100k nodes/s. Each step is timed on its own,
 after a ``gc.collect()``, in CPU seconds of this process (the machine is
-shared); sizes up to 10k take the best of a few repeats.
+shared) and the best of 5 repeats up to 10k nodes, 3 at 100k and 2 at 1M.
 
     python benchmarks/ir_scaling.py                      # 1k, 10k, 100k, 1M
     python benchmarks/ir_scaling.py --sizes 1000,10000   # quick look
@@ -193,7 +193,7 @@ def main() -> None:
     args = ap.parse_args()
     rows = []
     for n in (int(s) for s in args.sizes.split(",")):
-        row = measure(n, repeats=5 if n <= 10_000 else 1)
+        row = measure(n, repeats=5 if n <= 10_000 else 3 if n <= 100_000 else 2)
         rows.append(row)
         print(f"{row['nodes']:>9,} nodes: " + "  ".join(f"{s} {row['cpu_seconds'][s]:.3f}s" for s in STEPS),
               flush=True)

@@ -213,8 +213,8 @@ class VerifyInstrument(Instrument):
 
 class ValidateInstrument(Instrument):
     """Runs the interpreter on sample inputs before the pipeline and after every
-    pass that changed the graph, and names the first pass that changed an output
-    by more than ``atol``."""
+    pass (also those that say they changed nothing: a pass can be wrong about
+    that too), and names the first pass that changed an output by more than ``atol``."""
 
     def __init__(self, sample_inputs: Any, atol: float):
         self.sample_inputs = sample_inputs
@@ -232,8 +232,6 @@ class ValidateInstrument(Instrument):
         self.reference = self._run(graph)
 
     def after_pass(self, index, p, graph, record):
-        if not record.changed:
-            return
         where = f"pass {p.spec()!r} (#{index} in the pipeline)"
         try:
             outputs = self._run(graph)

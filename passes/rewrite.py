@@ -26,7 +26,8 @@ A pattern is a small tree rooted at one op; its leaves bind names::
 sweep, and sweeps until nothing fires (a fixpoint). ``rewrite`` returns the
 values that replace the root's outputs (the root is then erased; other matched
 nodes that became dead are left to ``dce``). With ``debug=True`` the rewriter
-records why each candidate (a node with a rule's root op) was rejected.
+records why each candidate (a node with a rule's root op) was rejected in the
+last sweep, i.e. why the candidates still in the graph were left alone.
 """
 from __future__ import annotations
 
@@ -160,8 +161,8 @@ class Rewriter:
     rules: Sequence[Rule]
     debug: bool = False
     max_sweeps: int = 10
-    rejections: list[Rejection] = field(default_factory=list)
-    applied: dict[str, int] = field(default_factory=dict)
+    rejections: list[Rejection] = field(default_factory=list, init=False)  # debug mode only
+    applied: dict[str, int] = field(default_factory=dict, init=False)       # rewrites per rule
 
     def __post_init__(self):
         self.index: dict[str, list[Rule]] = {}
@@ -171,7 +172,6 @@ class Rewriter:
 
     def apply(self, graph: Graph) -> int:
         """Rewrite ``graph`` in place; returns the number of rewrites."""
-        self.rejections = []
         self.applied = {}
         total = 0
         for _ in range(self.max_sweeps):
@@ -184,12 +184,13 @@ class Rewriter:
                         hint="two rules probably undo each other; make one of their checks stricter")
 
     def _sweep(self, graph: Graph) -> int:
+        self.rejections = []  # only the last sweep's: why what is left was left
         fired = 0
         dead: list[Node] = []  # erased together at the end: cheap when they share inputs
         for node in graph.nodes():
             for rule in self.index.get(node.op, ()):
-                if not any(o.uses for o in node.outputs) and node.outputs:
-                    break  # replaced already, or dead: nothing to gain
+                if node.outputs and not any(o.uses for o in node.outputs):
+                    break  # dead: nothing to gain (dce removes it)
                 match = Match(node)
                 reason = rule.pattern.match_node(node, match)
                 if reason is None:

@@ -151,6 +151,18 @@ def test_validation_names_the_first_pass_that_changed_outputs():
     assert float(what.split("max abs error ")[1].split()[0]) == pytest.approx(expected, rel=1e-4)
 
 
+def test_validation_catches_a_pass_that_claims_no_change():
+    class Sneaky(ChangeAlpha):
+        name = "sneaky"
+
+        def run(self, graph):
+            super().run(graph)
+            return False
+
+    with pytest.raises(PassError, match=r"pass 'sneaky' \(#0 in the pipeline\) changed the graph's outputs"):
+        PassManager([Sneaky()], validate_with=(torch.randn(2, 3),)).run(_graph())
+
+
 def test_validation_passes_for_correct_passes_and_respects_atol():
     x = torch.randn(2, 3)
     PassManager("cse,dce,canonicalize,fold-constants", validate_with=(x,)).run(_graph())

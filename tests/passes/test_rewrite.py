@@ -64,10 +64,11 @@ def test_debug_mode_records_why_candidates_were_rejected():
     g = parse(TEXT)
     rw = Rewriter([DoubleToMul(), NegNeg()], debug=True)
     rw.apply(g)
-    reasons = [str(r) for r in rw.rejections]
-    assert "DoubleToMul on aten::add.Tensor: aten::add.Tensor input 1: 'x' is bound to a different value" in reasons
-    assert "DoubleToMul on aten::add.Tensor: alpha is 2" in reasons
-    assert "NegNeg on aten::neg: aten::neg input 0: expected aten::neg, got aten::add.Tensor" in reasons
+    # the last sweep's rejections: why the remaining candidates stay. The first
+    # neg (rejected in sweep 1: its input is an add) is dead by then and not listed.
+    assert [str(r) for r in rw.rejections] == [
+        "DoubleToMul on aten::add.Tensor: aten::add.Tensor input 1: 'x' is bound to a different value",
+        "DoubleToMul on aten::add.Tensor: alpha is 2"]
     assert rw.report().splitlines()[:2] == ["DoubleToMul: 1", "NegNeg: 1"]
     assert Rewriter([NegNeg()]).apply(parse(TEXT)) == 1  # no debug: nothing recorded
     assert not Rewriter([NegNeg()]).rejections
