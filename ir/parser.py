@@ -150,8 +150,8 @@ class _Parser:
         if not s.startswith("graph(") or not s.endswith(") {"):
             self.fail(0, "expected 'graph(%input: type, ...) {'")
         g = self.graph
-        for name, typ in self.decls(s, 6, len(s) - 3):
-            self.define([g.add_input(typ)], [name], 0)
+        names, types = self.decls(s, 6, len(s) - 3)
+        self.define([g.add_input(t) for t in types], names, 0)
 
     def block_header(self, s: str, node: Node) -> _BlockFrame:
         lp = s.find("(")
@@ -160,8 +160,8 @@ class _Parser:
         if s[5:lp] != str(len(node.blocks)):
             self.fail(5, f"expected block number {len(node.blocks)}")
         block = node.add_block()
-        for name, typ in self.decls(s, lp + 1, len(s) - 3):
-            self.define([block.add_param(typ)], [name], 0)
+        names, types = self.decls(s, lp + 1, len(s) - 3)
+        self.define([block.add_param(t) for t in types], names, 0)
         return _BlockFrame(block, self.ln)
 
     def returns(self, s: str, frame: _BlockFrame) -> None:
@@ -174,12 +174,13 @@ class _Parser:
         """Read one node into ``block``; returns a frame when the node opens blocks."""
         n = len(s)
         p = 0
-        decls: list[tuple[str, Type]] = []
+        names: list[str] = []
+        types: list[Type] = []
         if s[0] == "%":
             eq = s.find(" = ")
             if eq < 0:
                 self.fail(n, "expected ' = op(...)' after the output declarations")
-            decls = self.decls(s, 0, eq)
+            names, types = self.decls(s, 0, eq)
             p = eq + 3
         lp = s.find("(", p)
         if lp < 0:
@@ -192,29 +193,29 @@ class _Parser:
         rp = s.find(")", lp)
         if rp < 0:
             self.fail(n, "expected ')' closing the inputs")
-        inputs = self.refs(s, lp + 1, rp)
+        inputs = self.refs(s, lp + 1, rp) if rp > lp + 1 else []
         p = rp + 1
-        attrs: dict[str, Any] = {}
-        meta = None
+        attrs = meta = None
         opens = False
-        if p < n and s.startswith(" {", p):
-            if p + 2 == n or s.startswith("  #", p + 2):
-                opens, p = True, p + 2
-            else:
-                attrs, p = self.attrs(s, p + 1)
-                if s.startswith(" {", p) and (p + 2 == n or s.startswith("  #", p + 2)):
-                    opens, p = True, p + 2
         if p < n:
-            if not s.startswith("  # ", p):
-                self.fail(p, "expected attributes ' {key=value, ...}', a block opener ' {' "
-                             "or a comment '  # scope @ source [tags]'")
-            meta = self.meta(s, p + 4)
-        node = Node(op, inputs, [t for _, t in decls], attrs, meta)
+            if s.startswith(" {", p):
+                if p + 2 == n or s.startswith("  #", p + 2):
+                    opens, p = True, p + 2
+                else:
+                    attrs, p = self.attrs(s, p + 1)
+                    if s.startswith(" {", p) and (p + 2 == n or s.startswith("  #", p + 2)):
+                        opens, p = True, p + 2
+            if p < n:
+                if not s.startswith("  # ", p):
+                    self.fail(p, "expected attributes ' {key=value, ...}', a block opener ' {' "
+                                 "or a comment '  # scope @ source [tags]'")
+                meta = self.meta(s, p + 4)
+        node = Node(op, inputs, types, attrs, meta)
         block.append(node)
-        names = [name for name, _ in decls]
         if opens:
             return _NodeFrame(node, names, self.ln)
-        self.define(node.outputs, names, 0)
+        if names:
+            self.define(node.outputs, names, 0)
         return None
 
     def define(self, values: list[Value], names: list[str], p: int) -> None:
@@ -225,28 +226,31 @@ class _Parser:
             table[name] = v
             v.name_hint = None if name.isdigit() else name
 
-    def decls(self, s: str, start: int, end: int) -> list[tuple[str, Type]]:
-        """``%a: T, %b: U`` in ``s[start:end]`` (empty allowed)."""
+    def decls(self, s: str, start: int, end: int) -> tuple[list[str], list[Type]]:
+        """``%a: T, %b: U`` in ``s[start:end]`` (empty allowed): the names and the types."""
+        names: list[str] = []
+        types: list[Type] = []
         if start == end:
-            return []
-        out = []
+            return names, types
+        known = self.types
         p = start
         for part in s[start:end].split(", %"):
             if p != start:
                 part = "%" + part
             colon = part.find(": ")
-            if not part.startswith("%") or colon < 0 or not _NAME.fullmatch(part, 1, colon):
+            if colon < 0 or part[0] != "%" or not _NAME.fullmatch(part, 1, colon):
                 self.fail(p, "expected a value declaration '%name: type'")
             text = part[colon + 2:]
-            typ = self.types.get(text)
+            typ = known.get(text)
             if typ is None:
                 try:
-                    typ = self.types[text] = parse_type(text)
+                    typ = known[text] = parse_type(text)
                 except IRParseError as e:
                     self.fail(p + colon + 2, f"bad type: {e.what}")
-            out.append((part[1:colon], typ))
+            names.append(part[1:colon])
+            types.append(typ)
             p += len(part) + 2
-        return out
+        return names, types
 
     def refs(self, s: str, start: int, end: int) -> list[Value]:
         """``%a, %b`` in ``s[start:end]`` (empty allowed), resolved to defined values."""

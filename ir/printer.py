@@ -1,7 +1,7 @@
 """The text form of a graph, and the IR lines around a node for error messages.
 
 The printer is deterministic and its output parses back (``dexport.ir.parse``)
-to a graph that prints to the same text::
+to a graph that prints to the same text (an abridged example)::
 
     #! input_schema {"t":"tuple",...}
     graph(%x: f32[1,3,H,W], %im_info: f32[1,3]) {
@@ -28,6 +28,8 @@ to a graph that prints to the same text::
   ``[..]``, ``(..,)``, ``torch.float32``, ``device("cuda:0")``, ``torch.strided``,
   ``torch.channels_last``, ``tensor(f32[2], [1.0, 2.0])`` (flat row-major values).
   Floats use ``repr`` so they round-trip bit for bit (NaN keeps its sign, not its payload).
+* Op names are namespaced (``aten::relu``, ``prim::If``); attribute keys that are
+  not identifiers print as JSON strings.
 * Meta is a trailing comment ``# scope @ source [tag1,tag2]`` with empty parts
   left out; a part that could be misread (spaces, quotes, ``@``, brackets)
   prints as a JSON string.

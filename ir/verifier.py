@@ -97,6 +97,7 @@ class _Verifier:
         for i, p in enumerate(block.params):
             self.define(p, block, i, block, local)
         visible, reads, in_graph = self.visible, self.reads, self.in_graph
+        defined, level = self.defined, self.level
         for node in block.nodes:
             if node.block is not block:
                 self.fail(f"{node.op} sits in a block's node list but its .block points elsewhere",
@@ -116,7 +117,12 @@ class _Verifier:
                     self.walk_block(b)
                 self.check_block_results(node)
             for i, o in enumerate(node.outputs):
-                self.define(o, node, i, node, local)
+                if level or o in defined or o.producer is not node or o.index != i:
+                    self.define(o, node, i, node, local)  # the full checks, and the error
+                else:
+                    defined[o] = node
+                    visible.add(o)
+                    local.append(o)
         ret = block.return_node
         if ret.op != RETURN or ret.block is not block:
             self.fail("a block's terminator is not its own prim::Return", block)
