@@ -289,8 +289,10 @@ class _Parser:
             if key in attrs:
                 self.fail(p, f"attribute {key!r} given twice")
             attrs[key], p = self.value(s, p + 1)
-            if s.startswith(", ", p):
-                p += 2
+            if s.startswith(",", p):
+                p += 1
+                while s.startswith(" ", p):  # hand-written IR may space freely
+                    p += 1
             elif s.startswith("}", p):
                 return attrs, p + 1
             else:

@@ -3,7 +3,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 
-from dexport.ir import (ANY, INT, DexportError, Graph, ListType, Meta, RecordType, TensorType,
+from dexport.ir import (ANY, INT, DexportError, ListType, Meta, RecordType, TensorType,
                         TupleType, VerificationError, parse, verify)
 from dexport.ir.graph import Node
 from tests.ir.strategies import graphs, runnable_graphs
