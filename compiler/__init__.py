@@ -1,6 +1,11 @@
 """dexport: export PyTorch detection and segmentation models to TorchScript, ONNX and
 caffe2-flavoured ONNX through a small IR and a pass pipeline."""
-from dexport.ir.errors import DexportError
+from dexport.adapter import TracingAdapter
 from dexport.capture import capture
+from dexport.dump import dump_ir, dump_torchscript_IR
+from dexport.ir.errors import DexportError
+from dexport.ir.schema import register_record
 
 __version__ = "0.1.0"
+__all__ = ["DexportError", "TracingAdapter", "capture", "dump_ir", "dump_torchscript_IR",
+           "register_record"]
