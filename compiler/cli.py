@@ -14,8 +14,8 @@ from dexport.ir.errors import DexportError
 class Progress:
     """Numbered step lines on stderr with the time each step took."""
 
-    def __init__(self, total: int, stream=sys.stderr):
-        self.total, self.done, self.stream = total, 0, stream
+    def __init__(self, total: int, stream=None):
+        self.total, self.done, self.stream = total, 0, stream or sys.stderr
 
     @contextmanager
     def step(self, what: str):

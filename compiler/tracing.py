@@ -219,6 +219,7 @@ class _Converter:
         self.adapter = adapter
         self.prefix = prefix
         self.graph = Graph()
+        self.graph.example_shapes = True  # the trace saw one input's sizes, nothing more
         self.values: dict[int, Value] = {}          # JIT value unique() -> IR value
         self.objects: dict[int, tuple[Any, str]] = {}  # JIT module value -> (object, path)
         self.params_by_tensor: dict[int, Value] = {}

@@ -280,6 +280,9 @@ class Graph:
         self.params: dict[str, torch.Tensor] = {}
         self.input_schema = None   # a dexport.ir.schema.Schema, or None for flat tensors
         self.output_schema = None
+        # True when int dims in the types were observed on example inputs (a trace)
+        # rather than proven: passes must not treat them as facts about every input.
+        self.example_shapes = False
 
     # -- inputs / outputs --------------------------------------------------------------
     @property
@@ -395,6 +398,7 @@ class Graph:
         g = Graph()
         g.params = dict(self.params)
         g.input_schema, g.output_schema = self.input_schema, self.output_schema
+        g.example_shapes = self.example_shapes
         vmap: dict[Value, Value] = {}
         for p in self.inputs:
             vmap[p] = g.add_input(p.type, p.name_hint)

@@ -138,8 +138,12 @@ class _Parser:
     # -- pieces of lines -----------------------------------------------------------
     def directive(self, s: str) -> None:
         key, _, text = s[2:].strip().partition(" ")
+        if key == "example_shapes" and not text:
+            self.graph.example_shapes = True
+            return
         if key not in ("input_schema", "output_schema"):
-            self.fail(0, f"unknown directive {key!r}; expected '#! input_schema ...' or '#! output_schema ...'")
+            self.fail(0, f"unknown directive {key!r}; expected '#! example_shapes', "
+                         "'#! input_schema ...' or '#! output_schema ...'")
         from dexport.ir.schema import schema_from_json
         try:
             setattr(self.graph, key, schema_from_json(text))

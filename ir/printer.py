@@ -182,6 +182,8 @@ class _Printer:
         with a ``window``, keep only the lines around its target (and stop early)."""
         self._window = window
         g = self.graph
+        if g.example_shapes:
+            self._add(_SCHEMA, 0, "example_shapes")
         for key in ("input_schema", "output_schema"):
             if getattr(g, key, None) is not None:
                 self._add(_SCHEMA, 0, key)
@@ -254,6 +256,8 @@ class _Printer:
             return f"{indent}block{i}({self._decls(b.params)}) {{"
         if kind == _HEADER:
             return f"graph({self._decls(obj.params)}) {{"
+        if obj == "example_shapes":
+            return "#! example_shapes"
         text = getattr(self.graph, obj).to_json().replace("\n", " ")
         return f"#! {obj} {text}"
 

@@ -12,6 +12,10 @@ Rules (each a pattern rewrite, see ``dexport.passes.rewrite``):
   broadcasts into ``x``'s and type promotion keeps ``x``'s dtype (``x + 0``
   turns -0.0 into 0.0, which compares equal; every compiler takes that).
 
+Shape-based rules trust int dims only where they are facts: in a traced graph
+(``graph.example_shapes``) they were observed on one input, so a reshape that was a
+no-op there may not be on another image, and such rules refuse.
+
 Rules that drop a copy (clone, contiguous, to, dropout, arithmetic) are not
 used when the graph mutates tensors in place: there the copy can matter.
 Matched constants left unused are for ``dce``.
@@ -59,6 +63,8 @@ class SameShapeView(IdentityRule):
         x, out = _tensor_type(match["x"]), _tensor_type(match.root.output)
         if x is None or x.shape is None:
             return "input rank unknown"
+        if _example_shapes(match):
+            return "the input's dims are examples from a trace, not facts (run fix-batch-dim first)"
         known, size = _constant(match["size"])
         if known and isinstance(size, (list, tuple)):
             return self.check_size(x.shape, list(size))
@@ -156,15 +162,23 @@ class EvalDropout(IdentityRule):
 
 # --------------------------------------------------------------------------- arithmetic
 
-def _neutral_ok(x: Value, constant: Any, neutral: int) -> str | None:
+def _example_shapes(match: Match) -> bool:
+    graph = match.root.graph
+    return graph is not None and graph.example_shapes
+
+
+def _neutral_ok(x: Value, constant: Any, neutral: int, example_shapes: bool) -> str | None:
     """Whether ``x (op) constant`` is ``x`` for a constant that is all ``neutral``:
-    the constant must broadcast into x's shape and keep x's dtype."""
+    the constant must broadcast into x's shape and keep x's dtype. With example
+    shapes only x's rank is a fact, so only constants whose dims are all 1 qualify."""
     t = _tensor_type(x)
     if t is None or t.dtype is None:
         return "input dtype unknown"
     if isinstance(constant, torch.Tensor):
         if not bool((constant == neutral).all()):
             return f"constant is not all {neutral}"
+        if example_shapes and any(c != 1 for c in constant.shape):
+            return f"constant shape {list(constant.shape)} may broadcast the input (its dims are examples)"
         if t.shape is None:
             if constant.dim() != 0:
                 return "input rank unknown"
@@ -192,7 +206,7 @@ class MulByOne(IdentityRule):
     copies = True
 
     def check(self, match):
-        return _neutral_ok(match["x"], match["c"], 1)
+        return _neutral_ok(match["x"], match["c"], 1, _example_shapes(match))
 
 
 class OneTimes(MulByOne):
@@ -209,7 +223,7 @@ class AddZero(IdentityRule):
         alpha = match["alpha"]
         if not isinstance(alpha, Number) or isinstance(alpha, bool) or not math.isfinite(alpha):
             return f"alpha {alpha!r} is not a finite number"
-        return _neutral_ok(match["x"], match["c"], 0)
+        return _neutral_ok(match["x"], match["c"], 0, _example_shapes(match))
 
 
 class ZeroPlus(IdentityRule):
@@ -217,7 +231,7 @@ class ZeroPlus(IdentityRule):
     copies = True
 
     def check(self, match):
-        return _neutral_ok(match["x"], match["c"], 0)
+        return _neutral_ok(match["x"], match["c"], 0, _example_shapes(match))
 
 
 RULES: tuple[IdentityRule, ...] = (
