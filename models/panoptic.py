@@ -127,6 +127,17 @@ def _first_owner(masks: torch.Tensor) -> torch.Tensor:
     return stacked.to(torch.uint8).argmax(dim=0)
 
 
+def _bin_counts(index: torch.Tensor, num_bins, weights: torch.Tensor | None = None):
+    """For each bin b in [0, num_bins): how many entries of the flat ``index`` equal b (or
+    the sum of their ``weights``); other values count nowhere. bincount written as
+    compare-and-sum: O(num_bins x len(index)) like the masks themselves, but made of ops
+    every export backend has (ONNX has no bincount)."""
+    hits = index.unsqueeze(0) == torch.arange(num_bins, device=index.device).unsqueeze(1)
+    if weights is None:
+        return hits.sum(dim=1)
+    return (hits * weights.unsqueeze(0)).sum(dim=1)
+
+
 def combine_semantic_and_instance_outputs(
     instances, sem_seg: torch.Tensor, *, overlap_threshold: float = 0.5,
     stuff_area_thresh: int = 4096, instances_score_thresh: float = 0.5,
@@ -173,7 +184,7 @@ def combine_semantic_and_instance_outputs(
     # First pass: ownership among all candidates decides which instances are dropped.
     num = ranked_masks.shape[0]
     owner = _first_owner(ranked_masks).flatten()
-    owned = torch.bincount(owner, minlength=num + 1)[:num]
+    owned = _bin_counts(owner, num)
     hidden = (mask_area - owned).to(torch.float32)
     kept = candidate & (mask_area > 0) & (hidden <= overlap_threshold * mask_area)
 
@@ -182,18 +193,17 @@ def combine_semantic_and_instance_outputs(
     thing_ids = torch.cumsum(kept.to(torch.int64), dim=0) * kept
     id_table = torch.cat([thing_ids, thing_ids.new_zeros(1)])
     panoptic = id_table[owner]
-    thing_area = torch.bincount(owner, minlength=num + 1)[:num]
+    thing_area = _bin_counts(owner, num)
 
     # Stuff: label the pixels no instance took.
     num_classes = sem_seg.shape[0]
     probs = F.softmax(sem_seg, dim=0)
     best_prob, labels = probs.max(dim=0)
     free = panoptic == 0
-    # Non-free pixels go to an extra bin so they count for no class.
+    # Pixels an instance took get label num_classes: they count for no class.
     binned = torch.where(free, labels.flatten(), torch.full_like(labels.flatten(), num_classes))
-    stuff_area = torch.bincount(binned, minlength=num_classes + 1)[:num_classes]
-    prob_sum = torch.bincount(binned, weights=best_prob.flatten().to(torch.float64),
-                              minlength=num_classes + 1)[:num_classes]
+    stuff_area = _bin_counts(binned, num_classes)
+    prob_sum = _bin_counts(binned, num_classes, best_prob.flatten())
     is_stuff = torch.arange(num_classes, device=sem_seg.device) > 0
     stuff_kept = is_stuff & (stuff_area >= stuff_area_thresh)
     num_things = kept.sum()
@@ -211,7 +221,7 @@ def combine_semantic_and_instance_outputs(
         "isthing": torch.cat([torch.ones_like(thing_rank, dtype=torch.bool),
                               torch.zeros_like(stuff_label, dtype=torch.bool)]),
         "score": torch.cat([ranked_scores[thing_rank].to(torch.float32),
-                            (prob_sum[stuff_label] / stuff_area[stuff_label]).to(torch.float32)]),
+                            prob_sum[stuff_label] / stuff_area[stuff_label]]),
         "area": torch.cat([thing_area[thing_rank], stuff_area[stuff_label]]),
         "instance_id": torch.cat([thing_instance, torch.full_like(stuff_label, -1)]),
     }
