@@ -137,7 +137,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0, help="dataset seed")
     parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (one is fastest on a shared, busy CPU)")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
 
     from dexport.models import zoo
 

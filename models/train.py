@@ -61,7 +61,7 @@ def train(
     image_size: int = 128,
     num_train: int = 2000,
     num_val: int = 200,
-    threads: int = 2,
+    threads: int = 1,
     log_every: int = 50,
     model: torch.nn.Module | None = None,
     command: str | None = None,
@@ -176,7 +176,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--num-train", type=int, default=2000)
     parser.add_argument("--num-val", type=int, default=200)
-    parser.add_argument("--threads", type=int, default=2)
+    # One thread by default: on a shared, oversubscribed CPU two intra-op threads made a
+    # tiny model's step 5-20x slower (they spin waiting for each other), never faster.
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     command = "python -m dexport.models.train " + " ".join(
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
