@@ -17,6 +17,7 @@ What the conversion keeps, and why:
 """
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import os
 import re
@@ -38,6 +39,9 @@ SMALL_CONSTANT_NUMEL = 8
 
 _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
 _DEXPORT_COMPILER_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+# The zoo's op wrappers only forward to torch.ops.dexport.*: the useful line is
+# the model code that called them.
+_OP_WRAPPER_FILE = os.path.abspath(importlib.util.find_spec("dexport.models.ops").origin)
 
 # The integer codes TorchScript uses for these enums, as the torch objects they mean.
 _DTYPE_CODES = {torch.ops.prim.dtype(torch.empty(0, dtype=d)): d
@@ -133,7 +137,8 @@ def _capture_error(exc: Exception, scope: str | None) -> CaptureError:
 
 def _is_user_file(path: str) -> bool:
     path = os.path.abspath(path) if not path.startswith("<") else path
-    return not (path.startswith(_TORCH_DIR) or path.startswith(_DEXPORT_COMPILER_DIR))
+    return not (path.startswith(_TORCH_DIR) or path.startswith(_DEXPORT_COMPILER_DIR)
+                or path == _OP_WRAPPER_FILE)
 
 
 _relative_paths: dict[str, str] = {}

@@ -350,3 +350,17 @@ def test_tiny_zoo_model_at_another_resolution():
     assert _max_diff(gi.pred_boxes.tensor, ri.pred_boxes.tensor) < TOL
     assert _max_diff(gi.scores, ri.scores) < TOL
     assert torch.equal(gi.pred_classes, ri.pred_classes)
+
+
+def test_zoo_op_nodes_point_at_the_calling_line_not_the_wrapper():
+    from dexport.models import ops
+
+    class Keep(torch.nn.Module):
+        def forward(self, boxes, scores):
+            return ops.nms(boxes, scores, 0.5)  # the line the node must name
+
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 11.0, 11.0]])
+    graph = dexport.capture(Keep(), (boxes, torch.tensor([0.9, 0.8])))
+    (node,) = [n for n in graph.nodes() if n.op == "dexport::nms"]
+    line = _line_of(Keep.forward, "the line the node must name")
+    assert node.meta.source.endswith(f"test_capture.py:{line}")
