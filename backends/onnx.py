@@ -375,6 +375,11 @@ class LoweringContext:
             self.dtypes[name] = t.dtype
         return name
 
+    @staticmethod
+    def tensor_proto(value: torch.Tensor, name: str = "value") -> TensorProto:
+        """A TensorProto (for tensor attributes such as ConstantOfShape's value)."""
+        return _tensor_proto(name, value)
+
     def int64(self, value: int | Sequence[int]) -> str:
         return self.constant(value, torch.int64)
 
@@ -457,6 +462,15 @@ class LoweringContext:
     def const_entry(value: Any) -> _Const:
         """The entry of an output that is a compile-time constant."""
         return _Const(value)
+
+    @staticmethod
+    def entry_is_const(entry: Any) -> bool:
+        return _is_const(entry)
+
+    @staticmethod
+    def entry_value(entry: Any) -> Any:
+        """The Python value of a constant entry (see ``entry_is_const``)."""
+        return _const_value(entry)
 
     @staticmethod
     def lazy(make: Callable[[], str]) -> _Lazy:
