@@ -336,6 +336,9 @@ def _logical(bool_op: str, bitwise_op: str | None, logical: bool):
             out = ctx.op(bool_op, a, b)
         elif bitwise_op is None:
             raise ctx.fail(f"{node.op} on {dtype} tensors")
+        elif ctx.opset < 18:
+            raise ctx.fail(f"{node.op} on {dtype} tensors needs ONNX opset 18 ({bitwise_op})",
+                           "emit with opset=18 or later")
         else:
             out = ctx.op(bitwise_op, a, b)
         return [ctx.cast(ctx.typed(out, dtype), ctx.out_dtype(node))]
