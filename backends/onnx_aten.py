@@ -946,19 +946,25 @@ def _topk(ctx: LoweringContext, node: Node) -> list:
     return [values, indices]
 
 
-@lowering("aten::sort", "aten::sort.stable")
-def _sort(ctx: LoweringContext, node: Node) -> list:
-    """A full TopK; ties keep index order, which is what a stable sort gives."""
+def _full_topk(ctx: LoweringContext, node: Node, dim_i: int, desc_i: int) -> list[str]:
+    """Sort as a full TopK; ties keep index order, which is what a stable sort gives."""
     x = ctx.input(node, 0)
     rank = ctx.rank(node, 0)
-    dim_i, desc_i = (2, 3) if node.op == "aten::sort.stable" else (1, 2)
     if rank == 0:
         return [x, ctx.constant(0, torch.int64)]
     axis = _dim(ctx.const(node, dim_i), rank)
     k = _first_dims(ctx, x, axis, axis + 1)
-    values, indices = ctx.emit("TopK", [x, k], 2, axis=axis, largest=int(bool(ctx.const(node, desc_i))),
-                               sorted=1)
-    return [values, indices]
+    return ctx.emit("TopK", [x, k], 2, axis=axis, largest=int(bool(ctx.const(node, desc_i))), sorted=1)
+
+
+@lowering("aten::sort", "aten::sort.stable")
+def _sort(ctx: LoweringContext, node: Node) -> list:
+    return _full_topk(ctx, node, *((2, 3) if node.op == "aten::sort.stable" else (1, 2)))
+
+
+@lowering("aten::argsort", "aten::argsort.stable")
+def _argsort(ctx: LoweringContext, node: Node) -> list:
+    return _full_topk(ctx, node, *((2, 3) if node.op == "aten::argsort.stable" else (1, 2)))[1:]
 
 
 @lowering("aten::nonzero")

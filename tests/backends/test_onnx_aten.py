@@ -198,6 +198,8 @@ CASES = [
     ("topk_2d_dim0", lambda x: torch.topk(x, 2, dim=0)[1], (randn(4, 3),), [(randn(5, 2),)], ["aten::topk"]),
     ("sort_stable_ties", lambda x: torch.sort(x, stable=True)[1] * 10 + torch.sort(x, descending=True, stable=True)[1],
      (ints(3, 1, 3, 2, 1),), [(ints(5, 5, 5, 0, 0, 7, 7),), (ints(),)], ["aten::sort.stable"]),
+    ("argsort", lambda x: torch.argsort(x) * 10 + torch.argsort(x, dim=0, descending=True, stable=True),
+     (ints(3, 1, 3, 2, 1),), [(ints(5, 5, 0, 7),)], ["aten::argsort", "aten::argsort.stable"]),
     ("sort_2d", lambda x: torch.sort(x, 0)[0] + torch.sort(x, -1, descending=True)[0], (randn(3, 4),),
      [(randn(2, 5),)], ["aten::sort"]),
     ("nonzero", lambda x: torch.nonzero(x > 0), (randn(3, 4),), [(randn(2, 5),), (-randn(2, 2).abs(),)],
