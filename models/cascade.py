@@ -17,8 +17,9 @@ from torch import nn
 
 from dexport.models import ops, zoo
 from dexport.models.rcnn import GeneralizedRCNN, RCNNConfig
+from dexport.models.batched import clip_boxes_per_row, rois_of
 from dexport.models.roi_heads import (
-    BoxHead, BoxPredictor, ROIHeads, boxes_to_rois, split_by_image,
+    BoxHead, BoxPredictor, ROIHeads, boxes_to_rois, select_detections, split_by_image,
 )
 from dexport.models.rpn import match_labels
 from dexport.models.structures import Boxes, Instances, pairwise_iou
@@ -115,35 +116,22 @@ class CascadeROIHeads(ROIHeads):
         return [], losses
 
     # ---- inference -------------------------------------------------------------------
-    def box_inference(self, feats, proposals: list[Instances]) -> list[Instances]:
-        """Run every stage on the previous stage's clipped boxes; average the class
-        probabilities over stages; detect on the last stage's boxes."""
-        num_images = len(proposals)
-        image_sizes = [p.image_size for p in proposals]
-        boxes = [p.proposal_boxes.tensor for p in proposals]
+    def box_inference(self, feats, proposals: dict[str, torch.Tensor],
+                      image_sizes: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Run every stage on the previous stage's boxes, clipped to their image; average
+        the class probabilities over stages; detect on the last stage's boxes (shared by
+        all classes of a box). All images at once, rows tagged by image index."""
+        image = proposals["image_index"]
+        sizes = image_sizes[image]
+        boxes = proposals["boxes"]
         prob_sum = None
         for stage in range(self.num_stages):
-            rois = boxes_to_rois([Boxes(b) for b in boxes])
-            logits, _, refined = self.run_stage(stage, feats, rois)
+            logits, _, refined = self.run_stage(stage, feats, rois_of(boxes, image))
             probs = F.softmax(logits, dim=-1)
             prob_sum = probs if prob_sum is None else prob_sum + probs
-            boxes = [ops.clip_boxes(b, size) for b, size in
-                     zip(split_by_image(refined, rois, num_images), image_sizes)]
-        scores = split_by_image(prob_sum / self.num_stages, rois, num_images)
-        return [self.detect_single(s, b, size) for s, b, size in zip(scores, boxes, image_sizes)]
-
-    def detect_single(self, probs: torch.Tensor, boxes: torch.Tensor, image_size) -> Instances:
-        """One image: (box, class) pairs above the score threshold, per-class NMS, top-k.
-        Boxes are class-agnostic, so every class of a box shares its coordinates."""
-        cfg = self.cfg
-        scores = probs[:, :-1]  # drop background
-        candidates = torch.nonzero(scores > cfg.score_thresh)
-        box_idx, classes = candidates[:, 0], candidates[:, 1]
-        boxes = boxes[box_idx]
-        scores = scores[box_idx, classes]
-        keep = ops.batched_nms(boxes, scores, classes, cfg.nms_thresh)[:cfg.detections_per_image]
-        return Instances(image_size, pred_boxes=Boxes(boxes[keep]), scores=scores[keep],
-                         pred_classes=classes[keep])
+            boxes = clip_boxes_per_row(refined, sizes)
+        scores = (prob_sum / self.num_stages)[:, :-1]  # drop background
+        return select_detections(scores, boxes, image, image_sizes.shape[0], self.cfg)
 
     # ---- training --------------------------------------------------------------------
     @torch.no_grad()

@@ -3,8 +3,8 @@ panoptic segmentation.
 
 Semantic classes follow detectron2's PanopticFPN layout: class 0 is the single
 "things" class (every pixel of any instance), classes 1..S are the stuff classes.
-The merge (:func:`combine_semantic_and_instance_outputs`) is post-processing: it is
-written with tensor ops only (no loop over instances) so it traces.
+The merge (:func:`combine_batched`) is post-processing: it is written with tensor ops
+only (no loop over instances or images) so it traces at any batch size.
 """
 from __future__ import annotations
 
@@ -15,13 +15,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from dexport.models import zoo
-from dexport.models.postprocess import detector_postprocess
+from dexport.models.batched import (
+    DETECTION_FIELDS, SEGMENT_FIELDS, group_counts, rank_in_group, sizes_tensor, split_outputs,
+    stack_inputs,
+)
+from dexport.models.postprocess import (
+    detections_to_instances, instances_from_fields, postprocess_detections,
+)
 from dexport.models.rcnn import GeneralizedRCNN, RCNNConfig
-from dexport.models.structures import ImageList, Instances
+from dexport.models.structures import ImageList
 
 __all__ = [
     "PanopticFPNConfig", "SemSegFPNHead", "PanopticFPN", "PanopticPostprocess",
-    "sem_seg_postprocess", "combine_semantic_and_instance_outputs", "segments_info_as_list",
+    "sem_seg_postprocess", "sem_seg_postprocess_batched", "combine_batched",
+    "combine_semantic_and_instance_outputs", "segments_info_as_list",
 ]
 
 
@@ -110,32 +117,174 @@ class SemSegFPNHead(nn.Module):
         return logits, {"loss_sem_seg": loss * self.loss_weight}
 
 
+def _linear_taps(in_size: torch.Tensor, out_size: torch.Tensor, length):
+    """Bilinear (align_corners=False) resize taps from ``in_size`` to ``out_size`` pixels,
+    per image (i64[N] each), for ``length`` output positions: source indices i0, i1
+    (i64[N, length]) and the weight of i1 (f32). Positions past out_size are junk the
+    caller masks off."""
+    dst = torch.arange(length, device=in_size.device).to(torch.float32)
+    scale = in_size.to(torch.float32) / out_size.to(torch.float32)
+    src = (scale.unsqueeze(1) * (dst + 0.5) - 0.5).clamp(min=0)
+    last = (in_size - 1).unsqueeze(1)
+    i0 = torch.minimum(src.floor().to(torch.int64), last)
+    i1 = torch.minimum(i0 + 1, last)
+    return i0, i1, src - i0.to(torch.float32)
+
+
+def _resize_last(x: torch.Tensor, dim: int, taps) -> torch.Tensor:
+    """Linear interpolation of x (N, C, H, W) along ``dim`` (2 or 3) with per-image taps."""
+    i0, i1, w1 = taps
+    shape = [x.shape[0], 1, 1, 1]
+    shape[dim] = i0.shape[1]
+    i0, i1, w1 = (t.reshape(shape) for t in (i0, i1, w1))
+    expanded = [x.shape[0], x.shape[1], x.shape[2], x.shape[3]]
+    expanded[dim] = i0.shape[dim]
+    lo = x.gather(dim, i0.expand(expanded))
+    hi = x.gather(dim, i1.expand(expanded))
+    return lo * (1 - w1) + hi * w1
+
+
+def sem_seg_postprocess_batched(logits: torch.Tensor, image_sizes: torch.Tensor,
+                                output_sizes: torch.Tensor) -> torch.Tensor:
+    """Crop each image's logits (N, C, H, W) to its ``image_sizes`` (h, w) and resize them
+    bilinearly (align_corners=False, as F.interpolate) to its ``output_sizes``, on a
+    canvas of the largest output size: (N, C, Hout, Wout), 0 beyond each image's own.
+    Every image in one pass (two gathers), whatever the sizes."""
+    canvas = output_sizes.max(dim=0).values
+    height, width = canvas[0], canvas[1]
+    cols = _linear_taps(image_sizes[:, 1], output_sizes[:, 1], width)
+    rows = _linear_taps(image_sizes[:, 0], output_sizes[:, 0], height)
+    out = _resize_last(_resize_last(logits, 3, cols), 2, rows)
+    inside_rows = torch.arange(out.shape[2], device=out.device).unsqueeze(0) < output_sizes[:, 0:1]
+    inside_cols = torch.arange(out.shape[3], device=out.device).unsqueeze(0) < output_sizes[:, 1:2]
+    inside = inside_rows[:, None, :, None] & inside_cols[:, None, None, :]
+    return torch.where(inside, out, torch.zeros_like(out))
+
+
 def sem_seg_postprocess(logits: torch.Tensor, image_size, height, width) -> torch.Tensor:
     """Crop one image's (C, H, W) logits to its unpadded ``image_size`` (h, w) and resize
-    them bilinearly to the requested output (height, width). Sizes may be ints or (while
-    tracing) 0-d tensors."""
-    h, w = image_size
-    cropped = logits[:, :h, :w].unsqueeze(0)
-    return F.interpolate(cropped, size=(height, width), mode="bilinear", align_corners=False)[0]
+    them bilinearly to the requested output (height, width): the batched version for a
+    batch of one. Sizes may be ints or (while tracing) 0-d tensors."""
+    device = logits.device
+    return sem_seg_postprocess_batched(logits.unsqueeze(0), sizes_tensor([image_size], device),
+                                       sizes_tensor([(height, width)], device))[0]
 
 
 def _first_owner(masks: torch.Tensor) -> torch.Tensor:
-    """For N×H×W bool masks, the index of the first mask covering each pixel, or N where
-    none does. Works for N = 0 (all pixels get 0 = N)."""
-    stacked = torch.cat([masks, torch.ones_like(masks.any(dim=0, keepdim=True))], dim=0)
+    """For (N, S, H, W) bool masks, per image the index of the first mask covering each
+    pixel, or S where none does. Works for S = 0 (all pixels get 0 = S)."""
+    stacked = torch.cat([masks, torch.ones_like(masks.any(dim=1, keepdim=True))], dim=1)
     # argmax returns the first maximal index, which is the first covering mask.
-    return stacked.to(torch.uint8).argmax(dim=0)
+    return stacked.to(torch.uint8).argmax(dim=1)
 
 
 def _bin_counts(index: torch.Tensor, num_bins, weights: torch.Tensor | None = None):
-    """For each bin b in [0, num_bins): how many entries of the flat ``index`` equal b (or
-    the sum of their ``weights``); other values count nowhere. bincount written as
-    compare-and-sum: O(num_bins x len(index)) like the masks themselves, but made of ops
-    every export backend has (ONNX has no bincount)."""
-    hits = index.unsqueeze(0) == torch.arange(num_bins, device=index.device).unsqueeze(1)
+    """Per image (row of the (N, L) ``index``), for each bin b in [0, num_bins): how many
+    entries equal b (or the sum of their ``weights``); other values count nowhere. bincount
+    written as compare-and-sum: O(num_bins x L) like the masks themselves, but made of
+    ops every export backend has (ONNX has no bincount)."""
+    hits = index.unsqueeze(1) == torch.arange(num_bins, device=index.device)[None, :, None]
     if weights is None:
-        return hits.sum(dim=1)
-    return (hits * weights.unsqueeze(0)).sum(dim=1)
+        return hits.sum(dim=2)
+    return (hits * weights.unsqueeze(1)).sum(dim=2)
+
+
+def _by_rank(values: torch.Tensor, image: torch.Tensor, slot: torch.Tensor, num_images,
+             num_slots) -> torch.Tensor:
+    """(N, S, ...) layout of per-instance ``values``: instance k at [image[k], slot[k]]."""
+    dense = values.new_zeros((num_images, num_slots, *values.shape[1:]))
+    return dense.index_put((image, slot), values)
+
+
+def combine_batched(
+    masks: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor, image_index: torch.Tensor,
+    sem_seg: torch.Tensor, inside: torch.Tensor | None = None, *, overlap_threshold: float = 0.5,
+    stuff_area_thresh: int = 4096, instances_score_thresh: float = 0.5,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """:func:`combine_semantic_and_instance_outputs` for every image of a batch at once.
+
+    Instances are rows (``masks`` b8[M, H, W], ``scores``, ``classes``, ``image_index``);
+    ``sem_seg`` holds the (N, C, H, W) logits; ``inside`` (b8[N, H, W], default all) marks
+    each image's own pixels on a canvas shared by images of different sizes. Each image's
+    instances are laid out by rank in an (N, S, H, W) tensor (S = the most instances of
+    any image), so the merge rule runs on all images with the same tensor ops.
+
+    Returns ``(panoptic_seg i32[N, H, W], segments)``: the segments of all images, image by
+    image and in id order within one, as ``segment_id``, ``segment_category_id``,
+    ``segment_isthing``, ``segment_score``, ``segment_area``, ``segment_instance_id``
+    (index among that image's rows) and ``segment_counts`` i64[N].
+    """
+    num_images, num_classes = sem_seg.shape[0], sem_seg.shape[1]
+    # Rank: by image, then score (best first), then row (stable sorts).
+    order = torch.sort(scores, descending=True, stable=True).indices
+    order = order[torch.sort(image_index[order], stable=True).indices]
+    image = image_index[order]
+    slot = rank_in_group(image, num_images)
+    num_slots = group_counts(image, num_images).max()
+    position = rank_in_group(image_index, num_images)[order]  # row among its image's rows
+    ranked_scores = scores[order]
+    candidate = ranked_scores >= instances_score_thresh
+
+    def dense(values):
+        return _by_rank(values, image, slot, num_images, num_slots)
+
+    ranked_masks = dense(masks[order] & candidate[:, None, None])
+    is_candidate = dense(candidate)
+    mask_area = ranked_masks.flatten(2).sum(dim=2)
+
+    # First pass: ownership among all candidates decides which instances are dropped.
+    owner = _first_owner(ranked_masks).flatten(1)
+    owned = _bin_counts(owner, num_slots)
+    hidden = (mask_area - owned).to(torch.float32)
+    kept = is_candidate & (mask_area > 0) & (hidden <= overlap_threshold * mask_area)
+
+    # Second pass: only kept instances claim pixels.
+    owner = _first_owner(ranked_masks & kept[:, :, None, None]).flatten(1)
+    thing_ids = torch.cumsum(kept.to(torch.int64), dim=1) * kept
+    id_table = torch.cat([thing_ids, thing_ids.new_zeros((num_images, 1))], dim=1)
+    panoptic = id_table.gather(1, owner)
+    thing_area = _bin_counts(owner, num_slots)
+
+    # Stuff: label the pixels no instance took.
+    probs = F.softmax(sem_seg, dim=1)
+    best_prob, labels = probs.max(dim=1)
+    labels, best_prob = labels.flatten(1), best_prob.flatten(1)
+    free = panoptic == 0
+    if inside is not None:
+        free = free & inside.flatten(1)
+    # Pixels an instance took (or beyond the image) get label num_classes: no class.
+    binned = torch.where(free, labels, torch.full_like(labels, num_classes))
+    stuff_area = _bin_counts(binned, num_classes)
+    prob_sum = _bin_counts(binned, num_classes, best_prob)
+    is_stuff = torch.arange(num_classes, device=sem_seg.device) > 0
+    stuff_kept = is_stuff & (stuff_area >= stuff_area_thresh)
+    num_things = kept.sum(dim=1, keepdim=True)
+    stuff_ids = (torch.cumsum(stuff_kept.to(torch.int64), dim=1) + num_things) * stuff_kept
+    panoptic = torch.where(free, stuff_ids.gather(1, labels), panoptic)
+    panoptic = panoptic.reshape(sem_seg.shape[0], sem_seg.shape[2], sem_seg.shape[3])
+
+    thing_image, thing_slot = torch.nonzero(kept).unbind(1)
+    stuff_image, stuff_label = torch.nonzero(stuff_kept).unbind(1)
+    ids = torch.cat([thing_ids[thing_image, thing_slot], stuff_ids[stuff_image, stuff_label]])
+    segment_image = torch.cat([thing_image, stuff_image])
+    # Ids are unique within an image: sort by (image, id).
+    by_id = torch.argsort(segment_image * (num_slots + num_classes + 1) + ids)
+    things = (thing_image, thing_slot)
+    segments = {
+        "segment_id": ids,
+        "segment_category_id": torch.cat([dense(classes[order].to(torch.int64))[things],
+                                          stuff_label]),
+        "segment_isthing": torch.cat([torch.ones_like(thing_slot, dtype=torch.bool),
+                                      torch.zeros_like(stuff_label, dtype=torch.bool)]),
+        "segment_score": torch.cat([dense(ranked_scores.to(torch.float32))[things],
+                                    (prob_sum / stuff_area)[stuff_image, stuff_label]]),
+        "segment_area": torch.cat([thing_area[things], stuff_area[stuff_image, stuff_label]]),
+        "segment_instance_id": torch.cat([dense(position)[things],
+                                          torch.full_like(stuff_label, -1)]),
+    }
+    segments = {k: v[by_id] for k, v in segments.items()}
+    segments["segment_counts"] = group_counts(segment_image, num_images)
+    return panoptic.to(torch.int32), segments
 
 
 def combine_semantic_and_instance_outputs(
@@ -147,7 +296,7 @@ def combine_semantic_and_instance_outputs(
     ``instances`` has ``pred_masks`` (b8 N×H×W), ``scores`` and ``pred_classes``;
     ``sem_seg`` holds the (C, H, W) semantic logits at the same H×W, class 0 = "things".
 
-    The rule, all vectorised:
+    The rule, all vectorised (:func:`combine_batched` runs it on a whole batch):
 
     1. Candidates are the instances with ``score >= instances_score_thresh`` and a
        non-empty mask, ranked by score (ties: earlier instance first).
@@ -173,59 +322,13 @@ def combine_semantic_and_instance_outputs(
     (i64 pixels in ``panoptic_seg``), ``instance_id`` (i64 index into ``instances``, -1
     for stuff). Segments are in id order.
     """
-    masks = instances.pred_masks
     scores = instances.scores
-    order = torch.sort(scores, descending=True, stable=True).indices
-    ranked_scores = scores[order]
-    candidate = ranked_scores >= instances_score_thresh
-    ranked_masks = masks[order] & candidate[:, None, None]
-    mask_area = ranked_masks.flatten(1).sum(dim=1)
-
-    # First pass: ownership among all candidates decides which instances are dropped.
-    num = ranked_masks.shape[0]
-    owner = _first_owner(ranked_masks).flatten()
-    owned = _bin_counts(owner, num)
-    hidden = (mask_area - owned).to(torch.float32)
-    kept = candidate & (mask_area > 0) & (hidden <= overlap_threshold * mask_area)
-
-    # Second pass: only kept instances claim pixels.
-    owner = _first_owner(ranked_masks & kept[:, None, None]).flatten()
-    thing_ids = torch.cumsum(kept.to(torch.int64), dim=0) * kept
-    id_table = torch.cat([thing_ids, thing_ids.new_zeros(1)])
-    panoptic = id_table[owner]
-    thing_area = _bin_counts(owner, num)
-
-    # Stuff: label the pixels no instance took.
-    num_classes = sem_seg.shape[0]
-    probs = F.softmax(sem_seg, dim=0)
-    best_prob, labels = probs.max(dim=0)
-    free = panoptic == 0
-    # Pixels an instance took get label num_classes: they count for no class.
-    binned = torch.where(free, labels.flatten(), torch.full_like(labels.flatten(), num_classes))
-    stuff_area = _bin_counts(binned, num_classes)
-    prob_sum = _bin_counts(binned, num_classes, best_prob.flatten())
-    is_stuff = torch.arange(num_classes, device=sem_seg.device) > 0
-    stuff_kept = is_stuff & (stuff_area >= stuff_area_thresh)
-    num_things = kept.sum()
-    stuff_ids = (torch.cumsum(stuff_kept.to(torch.int64), dim=0) + num_things) * stuff_kept
-    panoptic = torch.where(free, stuff_ids[labels.flatten()], panoptic)
-    panoptic = panoptic.reshape(sem_seg.shape[1:]).to(torch.int32)
-
-    thing_rank = torch.nonzero(kept).flatten()
-    stuff_label = torch.nonzero(stuff_kept).flatten()
-    thing_instance = order[thing_rank]
-    segments_info = {
-        "id": torch.cat([thing_ids[thing_rank], stuff_ids[stuff_label]]),
-        "category_id": torch.cat([instances.pred_classes[thing_instance].to(torch.int64),
-                                  stuff_label]),
-        "isthing": torch.cat([torch.ones_like(thing_rank, dtype=torch.bool),
-                              torch.zeros_like(stuff_label, dtype=torch.bool)]),
-        "score": torch.cat([ranked_scores[thing_rank].to(torch.float32),
-                            prob_sum[stuff_label] / stuff_area[stuff_label]]),
-        "area": torch.cat([thing_area[thing_rank], stuff_area[stuff_label]]),
-        "instance_id": torch.cat([thing_instance, torch.full_like(stuff_label, -1)]),
-    }
-    return panoptic, segments_info
+    panoptic, segments = combine_batched(
+        instances.pred_masks, scores, instances.pred_classes, torch.zeros_like(scores, dtype=torch.int64),
+        sem_seg.unsqueeze(0), overlap_threshold=overlap_threshold,
+        stuff_area_thresh=stuff_area_thresh, instances_score_thresh=instances_score_thresh)
+    return panoptic[0], {k[len("segment_"):]: v for k, v in segments.items()
+                         if k != "segment_counts"}
 
 
 def segments_info_as_list(segments_info: dict[str, torch.Tensor]) -> list[dict]:
@@ -246,9 +349,10 @@ def segments_info_as_list(segments_info: dict[str, torch.Tensor]) -> list[dict]:
 
 
 class PanopticPostprocess(nn.Module):
-    """Per image: rescale detections (``detector_postprocess``) and semantic logits
-    (``sem_seg_postprocess``) to the requested output size, then merge them
-    (``combine_semantic_and_instance_outputs``). Installed as ``model.postprocess``."""
+    """Every image at once: rescale detections (``postprocess_detections``) and semantic
+    logits (``sem_seg_postprocess_batched``) to the requested output sizes, then merge
+    them (``combine_batched``); the result is in the batched format
+    (dexport.models.batched). Installed as ``model.postprocess``."""
 
     def __init__(self, overlap_threshold: float, stuff_area_thresh: int,
                  instances_score_thresh: float, mask_threshold: float = 0.5):
@@ -258,19 +362,21 @@ class PanopticPostprocess(nn.Module):
         self.instances_score_thresh = instances_score_thresh
         self.mask_threshold = mask_threshold
 
-    def forward(self, results: list[Instances], sem_seg: torch.Tensor,
-                batched_inputs: list[dict], image_sizes: list[tuple]) -> list[dict]:
-        processed = []
-        for i, (r, inputs, (h, w)) in enumerate(zip(results, batched_inputs, image_sizes)):
-            height, width = inputs.get("height", h), inputs.get("width", w)
-            sem = sem_seg_postprocess(sem_seg[i], (h, w), height, width)
-            instances = detector_postprocess(r, height, width, self.mask_threshold)
-            panoptic = combine_semantic_and_instance_outputs(
-                instances, sem, overlap_threshold=self.overlap_threshold,
-                stuff_area_thresh=self.stuff_area_thresh,
-                instances_score_thresh=self.instances_score_thresh)
-            processed.append({"instances": instances, "sem_seg": sem, "panoptic_seg": panoptic})
-        return processed
+    def forward(self, detections: dict[str, torch.Tensor], sem_seg: torch.Tensor,
+                image_sizes: torch.Tensor, output_sizes: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = postprocess_detections(detections, image_sizes, output_sizes, self.mask_threshold)
+        image = out["image_index"]
+        sem = sem_seg_postprocess_batched(sem_seg, image_sizes, output_sizes)
+        rows = torch.arange(sem.shape[2], device=sem.device).unsqueeze(0) < output_sizes[:, 0:1]
+        cols = torch.arange(sem.shape[3], device=sem.device).unsqueeze(0) < output_sizes[:, 1:2]
+        panoptic, segments = combine_batched(
+            out["masks"], out["scores"], out["classes"], image, sem,
+            rows[:, :, None] & cols[:, None, :], overlap_threshold=self.overlap_threshold,
+            stuff_area_thresh=self.stuff_area_thresh,
+            instances_score_thresh=self.instances_score_thresh)
+        result = {k: out[k] for k in DETECTION_FIELDS if k in out}
+        result["counts"] = group_counts(image, image_sizes.shape[0])
+        return {**result, "sem_seg": sem, "panoptic_seg": panoptic, **segments}
 
 
 class PanopticFPN(GeneralizedRCNN):
@@ -313,17 +419,37 @@ class PanopticFPN(GeneralizedRCNN):
         losses.update({k: v * weight for k, v in {**rpn_losses, **head_losses}.items()})
         return losses
 
+    def forward_batched(self, images: torch.Tensor, image_sizes: torch.Tensor,
+                        output_sizes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The batched format: detections with ``counts``, ``sem_seg``, ``panoptic_seg``
+        and the ``segment_*`` fields with ``segment_counts`` (dexport.models.batched)."""
+        detections, sem_seg = self.detect_all(images, image_sizes)
+        return self.postprocess(detections, sem_seg, image_sizes,
+                                image_sizes if output_sizes is None else output_sizes)
+
+    def detect_all(self, images: torch.Tensor, image_sizes: torch.Tensor):
+        """(raw detections at the input resolution, semantic logits of the padded batch)."""
+        features = self.features(images, image_sizes)
+        proposals = self.rpn.propose(features, image_sizes)
+        sem_seg, _ = self.sem_seg_head(features)
+        return self.roi_heads.detect(features, proposals, image_sizes), sem_seg
+
     def inference(self, batched_inputs: list[dict], do_postprocess: bool = True):
         """Post-processed results per image; without post-processing, the pair (list of
         Instances at the input resolution, semantic logits (N, C, H, W) of the padded batch)."""
-        images = self.preprocess_image(batched_inputs)
-        features = self.backbone(images.tensor)
-        proposals, _ = self.rpn(images, features)
-        results, _ = self.roi_heads(features, proposals)
-        sem_seg, _ = self.sem_seg_head(features)
+        images, image_sizes, output_sizes, sizes = stack_inputs(batched_inputs, self.device)
         if not do_postprocess:
-            return results, sem_seg
-        return self.postprocess(results, sem_seg, batched_inputs, images.image_sizes)
+            detections, sem_seg = self.detect_all(images, image_sizes)
+            return detections_to_instances(detections, sizes.inputs), sem_seg
+        outputs = self.forward_batched(images, image_sizes, output_sizes)
+        results = []
+        for item, size in zip(split_outputs(outputs, sizes.outputs), sizes.outputs):
+            info = {k[len("segment_"):]: item[k] for k in SEGMENT_FIELDS}
+            fields = {k: v for k, v in item.items() if k in DETECTION_FIELDS}
+            results.append({"instances": instances_from_fields(fields, size),
+                            "sem_seg": item["sem_seg"],
+                            "panoptic_seg": (item["panoptic_seg"], info)})
+        return results
 
 
 zoo.register("panoptic_fpn_R50_FPN", PanopticFPN, PanopticFPNConfig.r50())

@@ -18,7 +18,8 @@ from torch import nn
 
 from dexport.models import zoo
 from dexport.models.rcnn import GeneralizedRCNN, RCNNConfig
-from dexport.models.roi_heads import ROIHeads, boxes_to_rois, split_by_image
+from dexport.models.batched import group_counts, rank_in_group, rois_of
+from dexport.models.roi_heads import ROIHeads, boxes_to_rois
 from dexport.models.structures import Instances
 
 __all__ = [
@@ -75,28 +76,28 @@ def regular_grid_points(side: int, num_rois, device=None) -> torch.Tensor:
 
 
 def sample_roi_points(feature: torch.Tensor, stride: int, rois: torch.Tensor,
-                      coords: torch.Tensor, num_images: int) -> torch.Tensor:
+                      coords: torch.Tensor) -> torch.Tensor:
     """Fine-grained features (R, C, P) at points given relative to each ROI.
 
     ``rois`` is (R, 5): batch index, x1, y1, x2, y2 in image coordinates; ``coords`` is
     (R, P, 2) in [0, 1] box-relative. Points are normalized by the padded image extent
-    the feature map covers, taken from its (traced) shape. ``num_images`` is the batch
-    size as a python int (the traced shape would not do for a python branch).
+    the feature map covers, taken from its (traced) shape. Every image is sampled in one
+    ``grid_sample``: the points of image i's ROIs are laid out in row i of a grid padded
+    to the largest per-image ROI count, so no python loop runs over the images.
     """
     boxes = rois[:, 1:]
     xy = boxes[:, None, :2] + coords * (boxes[:, None, 2:] - boxes[:, None, :2])
     extent = torch._shape_as_tensor(feature)[2:].flip(0).to(xy.dtype) * stride  # (w, h)
     xy = xy / extent
-    if num_images == 1:
-        return point_sample(feature, xy.unsqueeze(0).flatten(1, 2)).unflatten(
-            2, (-1, coords.shape[1]))[0].transpose(0, 1)
-    out = feature.new_zeros((rois.shape[0], feature.shape[1], coords.shape[1]))
-    for i in range(num_images):
-        idx = torch.nonzero(rois[:, 0] == i).squeeze(1)
-        sampled = point_sample(feature[i:i + 1], xy[idx].unsqueeze(0).flatten(1, 2))
-        out = out.index_put((idx,), sampled.unflatten(2, (-1, coords.shape[1]))[0]
-                            .transpose(0, 1))
-    return out
+    num_images, num_points = feature.shape[0], coords.shape[1]
+    image = rois[:, 0].to(torch.int64)
+    slot = rank_in_group(image, num_images)  # the ROI's place among its image's ROIs
+    per_image = group_counts(image, num_images).max()
+    columns = slot.unsqueeze(1) * num_points + torch.arange(num_points, device=xy.device)
+    grid = xy.new_zeros((num_images, per_image * num_points, 2))
+    grid = grid.index_put((image.unsqueeze(1), columns), xy)
+    sampled = point_sample(feature, grid)  # (N, C, per_image * P)
+    return sampled.transpose(1, 2)[image.unsqueeze(1), columns].transpose(1, 2)
 
 
 class CoarseMaskHead(nn.Module):
@@ -186,25 +187,24 @@ class PointRendMaskHead(nn.Module):
                                           cfg.coarse_side)
         self.point_head = PointHead(channels, cfg.point_fc_dim, cfg.point_num_fc, num_classes)
 
-    def coarse_logits(self, feature: torch.Tensor, rois: torch.Tensor,
-                      num_images: int) -> torch.Tensor:
+    def coarse_logits(self, feature: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
         """(R, K, side, side) coarse mask logits from a regular grid of point features."""
         side = self.cfg.coarse_in_side
         points = regular_grid_points(side, rois.shape[0], rois.device)
-        x = sample_roi_points(feature, self.stride, rois, points, num_images)
+        x = sample_roi_points(feature, self.stride, rois, points)
         return self.coarse_head(x.unflatten(2, (side, side)))
 
     def point_logits(self, feature: torch.Tensor, rois: torch.Tensor, coarse: torch.Tensor,
-                     points: torch.Tensor, num_images: int) -> torch.Tensor:
+                     points: torch.Tensor) -> torch.Tensor:
         """(R, K, P) refined logits at box-relative ``points`` (R, P, 2)."""
-        fine = sample_roi_points(feature, self.stride, rois, points, num_images)
+        fine = sample_roi_points(feature, self.stride, rois, points)
         return self.point_head(fine, point_sample(coarse, points))
 
-    def forward(self, feature: torch.Tensor, rois: torch.Tensor, classes: torch.Tensor,
-                num_images: int) -> torch.Tensor:
+    def forward(self, feature: torch.Tensor, rois: torch.Tensor,
+                classes: torch.Tensor) -> torch.Tensor:
         """Mask logits (R, 1, M, M) of each ROI's class, M = coarse_side * 2**steps."""
         cfg = self.cfg
-        coarse = self.coarse_logits(feature, rois, num_images)
+        coarse = self.coarse_logits(feature, rois)
         logits = _pick_class(coarse, classes)
         side = cfg.coarse_side
         for step in range(cfg.subdivision_steps):
@@ -215,7 +215,7 @@ class PointRendMaskHead(nn.Module):
             if cfg.subdivision_num_points >= 4 * side * side and not last:
                 continue  # the next step re-predicts every cell anyway
             idx, points = _uncertain_points(logits, min(cfg.subdivision_num_points, side * side))
-            refined = self.point_logits(feature, rois, coarse, points, num_images)
+            refined = self.point_logits(feature, rois, coarse, points)
             refined = refined.gather(1, classes[:, None, None].expand(-1, 1, idx.shape[1]))
             logits = logits.flatten(2).scatter(2, idx.unsqueeze(1), refined).reshape_as(logits)
         return logits
@@ -232,14 +232,11 @@ class PointRendROIHeads(ROIHeads):
         self.mask_feature_index = self.in_features.index(cfg.in_feature)
         self.mask_head = PointRendMaskHead(cfg, channels, strides[cfg.in_feature])
 
-    def mask_inference(self, feats, results: list[Instances]) -> None:
-        """Adds pred_masks (n×1×M×M probabilities of the predicted class) to each result."""
-        rois = boxes_to_rois([r.pred_boxes for r in results])
-        classes = torch.cat([r.pred_classes for r in results])
-        probs = self.mask_head(feats[self.mask_feature_index], rois, classes,
-                               len(results)).sigmoid()
-        for r, p in zip(results, split_by_image(probs, rois, len(results))):
-            r.pred_masks = p
+    def mask_inference(self, feats, detections: dict[str, torch.Tensor]) -> torch.Tensor:
+        """n×1×M×M mask probabilities of each detection's predicted class."""
+        rois = rois_of(detections["boxes"], detections["image_index"])
+        return self.mask_head(feats[self.mask_feature_index], rois,
+                              detections["classes"]).sigmoid()
 
     def mask_losses(self, feats, foreground: list[Instances], targets: list[Instances]) -> dict:
         """BCE of the coarse logits against the gt masks resampled on the coarse grid
@@ -250,7 +247,7 @@ class PointRendROIHeads(ROIHeads):
         cfg = self.mask_head.cfg
         feature = feats[self.mask_feature_index]
         rois = boxes_to_rois([f.proposal_boxes for f in foreground])
-        coarse = self.mask_head.coarse_logits(feature, rois, len(foreground))
+        coarse = self.mask_head.coarse_logits(feature, rois)
         if rois.shape[0] == 0:
             return {"loss_mask": coarse.sum() * 0.0, "loss_mask_point": coarse.sum() * 0.0}
         classes = torch.cat([f.gt_classes for f in foreground])
@@ -261,7 +258,7 @@ class PointRendROIHeads(ROIHeads):
             points = _training_points(coarse_picked, cfg)
             point_target = _gt_mask_values(foreground, targets, rois, points)
         loss_mask = F.binary_cross_entropy_with_logits(coarse_picked.flatten(1), coarse_target)
-        refined = self.mask_head.point_logits(feature, rois, coarse, points, len(foreground))
+        refined = self.mask_head.point_logits(feature, rois, coarse, points)
         refined = refined.gather(1, classes[:, None, None].expand(-1, 1, points.shape[1]))
         loss_point = F.binary_cross_entropy_with_logits(refined[:, 0], point_target)
         return {"loss_mask": loss_mask, "loss_mask_point": loss_point}

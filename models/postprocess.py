@@ -3,6 +3,13 @@
 Kept apart from the network on purpose: a compiler can find this stage (the
 ``Postprocess`` module is installed as ``model.postprocess``, so every traced node in
 it has the module scope ``postprocess``) and move it off the device graph.
+
+Detections travel between the heads and here as a dict of flat tensors over the
+whole batch: ``boxes`` f32[M, 4] at the input resolution, ``image_index`` i64[M]
+(rows grouped by image), ``scores``, ``classes``, and optionally ``mask_probs``
+f32[M, 1, S, S] (the predicted class's mask probabilities) and ``keypoints``
+f32[M, K, 3]. The output is the "batched detections" format of
+:mod:`dexport.models.batched`.
 """
 from __future__ import annotations
 
@@ -10,49 +17,112 @@ import torch
 from torch import nn
 
 from dexport.models import ops
+from dexport.models.batched import (
+    DETECTION_FIELDS, clip_boxes_per_row, group_counts, sizes_tensor, split_outputs,
+)
 from dexport.models.structures import Boxes, Instances
 
-__all__ = ["detector_postprocess", "Postprocess"]
+__all__ = ["postprocess_detections", "detector_postprocess", "instances_from_fields",
+           "detections_to_instances", "Postprocess"]
+
+
+def postprocess_detections(detections: dict[str, torch.Tensor], image_sizes: torch.Tensor,
+                           output_sizes: torch.Tensor,
+                           mask_threshold: float = 0.5) -> dict[str, torch.Tensor]:
+    """Rescale every image's detections from its input size (``image_sizes`` i64[N, 2])
+    to its output size (``output_sizes``): boxes and keypoints are scaled, boxes
+    clipped, detections left with an empty box dropped, and ``mask_probs`` pasted as
+    ``masks`` b8[M, Hout, Wout] on a canvas of the largest output size (False beyond
+    each image's own). Other fields are kept, filtered like the boxes."""
+    image = detections["image_index"]
+    out_size = output_sizes[image]
+    scale = out_size.to(torch.float32) / image_sizes[image].to(torch.float32)
+    scale_y, scale_x = scale[:, 0], scale[:, 1]
+    b = detections["boxes"]
+    boxes = torch.stack((b[:, 0] * scale_x, b[:, 1] * scale_y, b[:, 2] * scale_x,
+                         b[:, 3] * scale_y), dim=1)
+    boxes = clip_boxes_per_row(boxes, out_size)
+    keep = Boxes(boxes).nonempty()
+    scale_x, scale_y, out_size = scale_x[keep], scale_y[keep], out_size[keep]
+    boxes = boxes[keep]
+    out = {}
+    for name, value in detections.items():
+        if name == "boxes":
+            out[name] = boxes
+        elif name == "mask_probs":
+            out["masks"] = _paste(value[keep][:, 0], boxes, out_size, output_sizes, mask_threshold)
+        elif name == "keypoints":
+            kp = value[keep]
+            out[name] = torch.stack([kp[..., 0] * scale_x[:, None], kp[..., 1] * scale_y[:, None],
+                                     kp[..., 2]], dim=-1)
+        else:
+            out[name] = value[keep]
+    return out
+
+
+def _paste(probs, boxes, out_size, output_sizes, threshold):
+    """Masks on a canvas of the largest output size, False beyond each row's own."""
+    masks = ops.paste_masks(probs, boxes, output_sizes.max(dim=0).values, threshold)
+    rows = torch.arange(masks.shape[1], device=masks.device).unsqueeze(0) < out_size[:, 0:1]
+    cols = torch.arange(masks.shape[2], device=masks.device).unsqueeze(0) < out_size[:, 1:2]
+    return masks & rows[:, :, None] & cols[:, None, :]
+
+
+# Instances field name <-> batched detection name.
+_FIELD_NAMES = {"pred_boxes": "boxes", "pred_classes": "classes", "pred_masks": "mask_probs",
+                "pred_keypoints": "keypoints"}
 
 
 def detector_postprocess(results: Instances, output_height, output_width,
                          mask_threshold: float = 0.5) -> Instances:
     """Rescale one image's detections from its input size to (output_height, output_width).
 
-    Boxes and keypoints are scaled and boxes clipped; boxes left empty are dropped;
-    ``pred_masks`` (n×1×M×M probabilities) are pasted into the image as n×H×W bool masks.
-    Sizes may be ints or (while tracing) 0-d tensors.
+    :func:`postprocess_detections` for a batch of one: ``pred_masks`` (n×1×M×M
+    probabilities) become n×H×W bool masks. Sizes may be ints or 0-d tensors.
     """
-    in_h, in_w = results.image_size
-    scale_x, scale_y = output_width / in_w, output_height / in_h
-    out = Instances((output_height, output_width), **results.fields)
-    boxes = Boxes(out.pred_boxes.tensor)
-    boxes.scale(scale_x, scale_y)
-    boxes.clip((output_height, output_width))
-    out.pred_boxes = boxes
-    out = out[boxes.nonempty()]
-    if out.has("pred_masks"):
-        out.pred_masks = ops.paste_masks(out.pred_masks[:, 0], out.pred_boxes.tensor,
-                                         (output_height, output_width), mask_threshold)
-    if out.has("pred_keypoints"):
-        kp = out.pred_keypoints
-        out.pred_keypoints = torch.stack([kp[..., 0] * scale_x, kp[..., 1] * scale_y, kp[..., 2]],
-                                         dim=-1)
-    return out
+    device = results.pred_boxes.device
+    detections = {_FIELD_NAMES.get(k, k): v.tensor if k == "pred_boxes" else v
+                  for k, v in results.fields.items()}
+    detections["image_index"] = torch.zeros(len(results), dtype=torch.int64, device=device)
+    out = postprocess_detections(detections, sizes_tensor([results.image_size], device),
+                                 sizes_tensor([(output_height, output_width)], device),
+                                 mask_threshold)
+    return detections_to_instances(out, [(output_height, output_width)])[0]
+
+
+def instances_from_fields(fields: dict[str, torch.Tensor], image_size) -> Instances:
+    """One image's detection fields (batched names) as an Instances with the list API's
+    field names (pred_boxes, scores, pred_classes, pred_masks, pred_keypoints)."""
+    names = {v: k for k, v in _FIELD_NAMES.items()} | {"masks": "pred_masks"}
+    return Instances(image_size, **{names.get(k, k): Boxes(v) if k == "boxes" else v
+                                    for k, v in fields.items()})
+
+
+def detections_to_instances(detections: dict[str, torch.Tensor],
+                            image_sizes: list[tuple]) -> list[Instances]:
+    """One Instances per image (size ``image_sizes[i]``, ints or 0-d tensors) from batched
+    detections, either raw (rows with an ``image_index``) or post-processed (``counts``;
+    mask canvases are cropped to each image's size)."""
+    if "counts" in detections:
+        fields = {k: v for k, v in detections.items() if k in DETECTION_FIELDS}
+        per_image = split_outputs({**fields, "counts": detections["counts"]}, image_sizes)
+    else:
+        image = detections["image_index"]
+        per_image = [{k: v[image == i] for k, v in detections.items() if k != "image_index"}
+                     for i in range(len(image_sizes))]
+    return [instances_from_fields(f, size) for f, size in zip(per_image, image_sizes)]
 
 
 class Postprocess(nn.Module):
-    """``detector_postprocess`` over a batch, honouring each input's optional height/width."""
+    """:func:`postprocess_detections` plus ``counts``, in the batched output format."""
 
     def __init__(self, mask_threshold: float = 0.5):
         super().__init__()
         self.mask_threshold = mask_threshold
 
-    def forward(self, results: list[Instances], batched_inputs: list[dict],
-                image_sizes: list[tuple]) -> list[dict]:
-        processed = []
-        for r, inputs, (h, w) in zip(results, batched_inputs, image_sizes):
-            height, width = inputs.get("height", h), inputs.get("width", w)
-            processed.append({"instances": detector_postprocess(r, height, width,
-                                                                self.mask_threshold)})
-        return processed
+    def forward(self, detections: dict[str, torch.Tensor], image_sizes: torch.Tensor,
+                output_sizes: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = postprocess_detections(detections, image_sizes, output_sizes, self.mask_threshold)
+        result = {k: out[k] for k in DETECTION_FIELDS if k in out}
+        result["counts"] = group_counts(out["image_index"], image_sizes.shape[0])
+        return result

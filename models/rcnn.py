@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from dexport.models.backbone import BackboneConfig, build_backbone
-from dexport.models.postprocess import Postprocess
+from dexport.models.batched import normalize_images, stack_inputs
+from dexport.models.postprocess import Postprocess, detections_to_instances
 from dexport.models.roi_heads import ROIHeads, ROIHeadsConfig
 from dexport.models.rpn import RPN, RPNConfig
 from dexport.models.structures import ImageList
@@ -63,6 +64,10 @@ class GeneralizedRCNN(nn.Module):
     ``{"instances": Instances(pred_boxes, scores, pred_classes, [pred_masks],
     [pred_keypoints])}`` per image; in training mode each dict also needs "instances"
     (gt_boxes, gt_classes, [gt_masks], [gt_keypoints]) and it returns a dict of losses.
+
+    ``forward_batched(images, image_sizes, output_sizes)`` is the same inference on
+    tensors, for export: see :mod:`dexport.models.batched` for the formats. The list
+    API is a thin wrapper over it (stack, ``forward_batched``, split).
     """
 
     def __init__(self, cfg: RCNNConfig):
@@ -101,13 +106,30 @@ class GeneralizedRCNN(nn.Module):
         _, head_losses = self.roi_heads(features, proposals, targets)
         return {**rpn_losses, **head_losses}
 
+    def forward_batched(self, images: torch.Tensor, image_sizes: torch.Tensor,
+                        output_sizes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Detections of a whole batch in the batched format: ``boxes``, ``scores``,
+        ``classes``, [``masks``], [``keypoints``], ``counts`` (dexport.models.batched)."""
+        detections = self.detect(images, image_sizes)
+        return self.postprocess(detections, image_sizes,
+                                image_sizes if output_sizes is None else output_sizes)
+
+    def features(self, images: torch.Tensor, image_sizes: torch.Tensor) -> dict:
+        """Backbone features of raw images (normalised and padded here)."""
+        return self.backbone(normalize_images(images, image_sizes, self.pixel_mean,
+                                              self.pixel_std, self.backbone.size_divisibility))
+
+    def detect(self, images: torch.Tensor, image_sizes: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Raw detections at the input resolution, rows grouped by ``image_index``."""
+        features = self.features(images, image_sizes)
+        proposals = self.rpn.propose(features, image_sizes)
+        return self.roi_heads.detect(features, proposals, image_sizes)
+
     def inference(self, batched_inputs: list[dict], do_postprocess: bool = True):
         """Detections per image; without post-processing they stay at the input resolution
         (a list of Instances with pred_masks as n×1×M×M probabilities)."""
-        images = self.preprocess_image(batched_inputs)
-        features = self.backbone(images.tensor)
-        proposals, _ = self.rpn(images, features)
-        results, _ = self.roi_heads(features, proposals)
+        images, image_sizes, output_sizes, sizes = stack_inputs(batched_inputs, self.device)
         if not do_postprocess:
-            return results
-        return self.postprocess(results, batched_inputs, images.image_sizes)
+            return detections_to_instances(self.detect(images, image_sizes), sizes.inputs)
+        outputs = self.forward_batched(images, image_sizes, output_sizes)
+        return [{"instances": inst} for inst in detections_to_instances(outputs, sizes.outputs)]

@@ -1,9 +1,10 @@
 """RetinaNet: a one-stage detector with focal loss over dense anchors on P3-P7.
 
-Inference is traceable: per level, the candidates are the top-k of all (anchor, class)
-scores with k clamped by tensor ops, then thresholded — the same set detectron2 gets by
-thresholding first and taking the top-k of the survivors, but with no python size
-taken from data.
+Inference is traceable at any batch size: per level, the candidates are the top-k of
+all (anchor, class) scores with k clamped by tensor ops, then thresholded — the same
+set detectron2 gets by thresholding first and taking the top-k of the survivors, but
+with no python size taken from data — and all images are processed at once, with an
+image index per candidate (``forward_batched``).
 """
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from torch import nn
 
 from dexport.models import ops, zoo
 from dexport.models.backbone import BackboneConfig, build_backbone
-from dexport.models.postprocess import Postprocess
+from dexport.models.batched import normalize_images, stack_inputs, top_per_image
+from dexport.models.postprocess import Postprocess, detections_to_instances
 from dexport.models.rpn import AnchorGenerator, match_labels, topk_count
 from dexport.models.structures import Boxes, ImageList, Instances, pairwise_iou
 
@@ -135,7 +137,8 @@ class RetinaNet(nn.Module):
 
     Eval mode returns ``[{"instances": Instances(pred_boxes, scores, pred_classes)}]``;
     training mode (inputs with "instances": gt_boxes, gt_classes) returns
-    ``{"loss_cls", "loss_box_reg"}``.
+    ``{"loss_cls", "loss_box_reg"}``. ``forward_batched`` is the tensor-only inference
+    the list API wraps (see dexport.models.batched).
     """
 
     def __init__(self, cfg: RetinaNetConfig):
@@ -170,49 +173,66 @@ class RetinaNet(nn.Module):
         return ImageList.from_tensors(images, self.backbone.size_divisibility)
 
     def forward(self, batched_inputs: list[dict]):
-        if self.training and any("instances" not in x for x in batched_inputs):
+        if not self.training:
+            images, image_sizes, output_sizes, sizes = stack_inputs(batched_inputs, self.device)
+            outputs = self.forward_batched(images, image_sizes, output_sizes)
+            return [{"instances": inst}
+                    for inst in detections_to_instances(outputs, sizes.outputs)]
+        if any("instances" not in x for x in batched_inputs):
             raise ValueError("training mode needs an 'instances' entry in every input dict "
                              "(gt_boxes, gt_classes); call model.eval() for inference")
         images = self.preprocess_image(batched_inputs)
-        features = self.backbone(images.tensor)
+        anchors, logits, deltas = self.head_outputs(self.backbone(images.tensor))
+        targets = [x["instances"].to(self.device) for x in batched_inputs]
+        return self.losses(anchors, logits, deltas, targets)
+
+    def forward_batched(self, images: torch.Tensor, image_sizes: torch.Tensor,
+                        output_sizes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Detections of a whole batch in the batched format (``boxes``, ``scores``,
+        ``classes``, ``counts``; see dexport.models.batched)."""
+        x = normalize_images(images, image_sizes, self.pixel_mean, self.pixel_std,
+                             self.backbone.size_divisibility)
+        detections = self.detect(*self.head_outputs(self.backbone(x)))
+        return self.postprocess(detections, image_sizes,
+                                image_sizes if output_sizes is None else output_sizes)
+
+    def head_outputs(self, features: dict[str, torch.Tensor]):
+        """Anchors per level, class logits (N, R, K) and deltas (N, R, 4) in anchor order."""
         feats = [features[f] for f in self.in_features]
         anchors = self.anchor_generator(feats)
         logits, deltas = self.head(feats)
         logits = [_anchor_rows(x, self.cfg.num_classes) for x in logits]
         deltas = [_anchor_rows(x, 4) for x in deltas]
-        if self.training:
-            targets = [x["instances"].to(self.device) for x in batched_inputs]
-            return self.losses(anchors, logits, deltas, targets)
-        results = [
-            self.inference_single(anchors, [x[i] for x in logits], [x[i] for x in deltas],
-                                  image_size)
-            for i, image_size in enumerate(images.image_sizes)
-        ]
-        return self.postprocess(results, batched_inputs, images.image_sizes)
+        return anchors, logits, deltas
 
-    def inference_single(self, anchors: list[torch.Tensor], logits: list[torch.Tensor],
-                         deltas: list[torch.Tensor], image_size) -> Instances:
-        """One image: per-level top-k candidates above the score threshold, decode,
-        per-class NMS over all levels, keep the best ``detections_per_image``."""
+    def detect(self, anchors: list[torch.Tensor], logits: list[torch.Tensor],
+               deltas: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Every image at once: per level and image, the top-k candidates above the score
+        threshold, decode, per-class NMS within each image over all levels, keep the best
+        ``detections_per_image`` of each image. Rows are grouped by ``image_index``."""
         cfg = self.cfg
         num_classes = cfg.num_classes
-        all_boxes, all_scores, all_classes = [], [], []
+        num_images = logits[0].shape[0]
+        all_boxes, all_scores, all_classes, all_images = [], [], [], []
         for anchors_i, logits_i, deltas_i in zip(anchors, logits, deltas):
-            scores = logits_i.flatten().sigmoid()  # (anchor, class) pairs, class fastest
-            scores, idx = scores.topk(topk_count(scores.shape[0], cfg.topk_candidates))
-            keep = scores > cfg.score_thresh
-            scores, idx = scores[keep], idx[keep]
+            scores = logits_i.flatten(1).sigmoid()  # (anchor, class) pairs, class fastest
+            scores, idx = scores.topk(topk_count(scores.shape[1], cfg.topk_candidates), dim=1)
+            image, j = torch.nonzero(scores > cfg.score_thresh).unbind(1)
+            scores, idx = scores[image, j], idx[image, j]
             anchor_idx = torch.div(idx, num_classes, rounding_mode="floor")
-            all_boxes.append(ops.decode_boxes(deltas_i[anchor_idx], anchors_i[anchor_idx],
+            all_boxes.append(ops.decode_boxes(deltas_i[image, anchor_idx], anchors_i[anchor_idx],
                                               cfg.box_weights, ops.DEFAULT_SCALE_CLAMP))
             all_scores.append(scores)
             all_classes.append(idx % num_classes)
+            all_images.append(image)
         boxes = torch.cat(all_boxes)
         scores = torch.cat(all_scores)
         classes = torch.cat(all_classes)
-        keep = ops.batched_nms(boxes, scores, classes, cfg.nms_thresh)[:cfg.detections_per_image]
-        return Instances(image_size, pred_boxes=Boxes(boxes[keep]), scores=scores[keep],
-                         pred_classes=classes[keep])
+        image = torch.cat(all_images)
+        keep = ops.batched_nms(boxes, scores, image * num_classes + classes, cfg.nms_thresh)
+        keep = top_per_image(keep, image, cfg.detections_per_image, num_images)
+        return {"boxes": boxes[keep], "scores": scores[keep], "classes": classes[keep],
+                "image_index": image[keep]}
 
     def losses(self, anchors: list[torch.Tensor], logits: list[torch.Tensor],
                deltas: list[torch.Tensor], targets: list[Instances]) -> dict:

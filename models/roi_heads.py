@@ -1,8 +1,8 @@
 """ROI heads: multi-level ROIAlign pooling, box / mask / keypoint heads and their losses.
 
-Inference is traceable for a fixed batch size: per-image results are separated with
-masks on each ROI's batch index (a traced, data-dependent selection) instead of
-python lengths, and every count stays a tensor.
+Inference is batched and traceable at any batch size: proposals and detections of
+all images travel together with an image index per row (see
+``dexport.models.batched``); per-image NMS and top-k are vectorised over it.
 """
 from __future__ import annotations
 
@@ -14,12 +14,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from dexport.models import ops
+from dexport.models.batched import clip_boxes_per_row, rois_of, sizes_tensor, top_per_image
+from dexport.models.postprocess import detections_to_instances
 from dexport.models.rpn import match_labels, sample_labels
 from dexport.models.structures import Boxes, Instances, pairwise_iou
 
 __all__ = [
     "ROIHeadsConfig", "ROIPooler", "boxes_to_rois", "split_by_image", "BoxHead", "BoxPredictor",
-    "MaskHead", "KeypointHead", "ROIHeads", "box_inference_single",
+    "MaskHead", "KeypointHead", "ROIHeads", "select_detections",
     "keypoints_to_heatmap_targets",
 ]
 
@@ -175,21 +177,23 @@ class KeypointHead(nn.Module):
         return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
 
 
-def box_inference_single(logits: torch.Tensor, deltas: torch.Tensor, proposals: torch.Tensor,
-                         image_size, cfg: ROIHeadsConfig) -> Instances:
-    """One image's detections: decode per class, clip, threshold, per-class NMS, top-k."""
-    num_classes = cfg.num_classes
-    scores = F.softmax(logits, dim=-1)[:, :-1]
-    boxes = ops.decode_boxes(deltas, proposals, cfg.box_weights, ops.DEFAULT_SCALE_CLAMP)
-    boxes = ops.clip_boxes(boxes, image_size)
-    boxes = boxes.reshape(-1, num_classes, 4)
+def select_detections(scores: torch.Tensor, boxes: torch.Tensor, image_index: torch.Tensor,
+                      num_images, cfg: ROIHeadsConfig) -> dict[str, torch.Tensor]:
+    """Detections of every image: (box, class) pairs scoring above the threshold,
+    per-class NMS within each image, the best ``detections_per_image`` of each.
+
+    ``scores`` is [R, num_classes] (background dropped); ``boxes`` is [R, num_classes, 4]
+    (class-specific) or [R, 4] (shared by all classes); ``image_index`` is i64[R].
+    Returns ``boxes``, ``scores``, ``classes``, ``image_index``, grouped by image."""
     candidates = torch.nonzero(scores > cfg.score_thresh)  # (box index, class) pairs
     box_idx, classes = candidates[:, 0], candidates[:, 1]
-    boxes = boxes[box_idx, classes]
+    boxes = boxes[box_idx, classes] if boxes.dim() == 3 else boxes[box_idx]
     scores = scores[box_idx, classes]
-    keep = ops.batched_nms(boxes, scores, classes, cfg.nms_thresh)[: cfg.detections_per_image]
-    return Instances(image_size, pred_boxes=Boxes(boxes[keep]), scores=scores[keep],
-                     pred_classes=classes[keep])
+    image = image_index[box_idx]
+    keep = ops.batched_nms(boxes, scores, image * cfg.num_classes + classes, cfg.nms_thresh)
+    keep = top_per_image(keep, image, cfg.detections_per_image, num_images)
+    return {"boxes": boxes[keep], "scores": scores[keep], "classes": classes[keep],
+            "image_index": image[keep]}
 
 
 def keypoints_to_heatmap_targets(keypoints: torch.Tensor, rois: torch.Tensor, size: int):
@@ -241,8 +245,8 @@ class ROIHeads(nn.Module):
     def forward(self, features: dict[str, torch.Tensor], proposals: list[Instances],
                 targets: list[Instances] | None = None):
         """Inference: (list of per-image Instances, {}); training: ([], dict of losses)."""
-        feats = [features[f] for f in self.in_features]
         if self.training:
+            feats = [features[f] for f in self.in_features]
             if targets is None:
                 raise ValueError("ROI heads training needs targets (each input's 'instances')")
             sampled = self.label_and_sample(proposals, targets)
@@ -253,39 +257,54 @@ class ROIHeads(nn.Module):
             if self.cfg.keypoint_on:
                 losses.update(self.keypoint_losses(feats, foreground, targets))
             return [], losses
-        results = self.box_inference(feats, proposals)
-        if self.cfg.mask_on:
-            self.mask_inference(feats, results)
-        if self.cfg.keypoint_on:
-            self.keypoint_inference(feats, results)
-        return results, {}
+        boxes = [p.proposal_boxes.tensor for p in proposals]
+        found = {"boxes": torch.cat(boxes),
+                 "image_index": torch.cat([torch.full_like(b[:, 0], i, dtype=torch.int64)
+                                           for i, b in enumerate(boxes)])}
+        sizes = [p.image_size for p in proposals]
+        detections = self.detect(features, found, sizes_tensor(sizes, found["boxes"].device))
+        return detections_to_instances(detections, sizes), {}
 
     # ---- inference -------------------------------------------------------------------
-    def box_inference(self, feats, proposals: list[Instances]) -> list[Instances]:
-        rois = boxes_to_rois([p.proposal_boxes for p in proposals])
+    def detect(self, features: dict[str, torch.Tensor], proposals: dict[str, torch.Tensor],
+               image_sizes: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Batched inference on the proposals of all images (``boxes``, ``image_index``,
+        grouped by image): detections at the input resolution (``boxes``, ``scores``,
+        ``classes``, ``image_index``, [``mask_probs``], [``keypoints``])."""
+        feats = [features[f] for f in self.in_features]
+        detections = self.box_inference(feats, proposals, image_sizes)
+        if self.cfg.mask_on:
+            detections["mask_probs"] = self.mask_inference(feats, detections)
+        if self.cfg.keypoint_on:
+            detections["keypoints"] = self.keypoint_inference(feats, detections)
+        return detections
+
+    def box_inference(self, feats, proposals: dict[str, torch.Tensor],
+                      image_sizes: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Decode per class, clip to each image, then ``select_detections``."""
+        image = proposals["image_index"]
+        rois = rois_of(proposals["boxes"], image)
         logits, deltas = self.box_predictor(self.box_head(self.box_pooler(feats, rois)))
-        per_image = zip(split_by_image(logits, rois, len(proposals)),
-                        split_by_image(deltas, rois, len(proposals)), proposals)
-        return [box_inference_single(lg, dl, p.proposal_boxes.tensor, p.image_size, self.cfg)
-                for lg, dl, p in per_image]
+        scores = F.softmax(logits, dim=-1)[:, :-1]
+        boxes = ops.decode_boxes(deltas, rois[:, 1:], self.cfg.box_weights,
+                                 ops.DEFAULT_SCALE_CLAMP)
+        boxes = clip_boxes_per_row(boxes.reshape(-1, self.cfg.num_classes, 4),
+                                   image_sizes[image].unsqueeze(1))
+        return select_detections(scores, boxes, image, image_sizes.shape[0], self.cfg)
 
-    def mask_inference(self, feats, results: list[Instances]) -> None:
-        """Adds pred_masks (n×1×28×28 probabilities of the predicted class) to each result."""
-        rois = boxes_to_rois([r.pred_boxes for r in results])
+    def mask_inference(self, feats, detections: dict[str, torch.Tensor]) -> torch.Tensor:
+        """n×1×28×28 mask probabilities of each detection's predicted class."""
+        rois = rois_of(detections["boxes"], detections["image_index"])
         logits = self.mask_head(self.mask_pooler(feats, rois))
-        classes = torch.cat([r.pred_classes for r in results])
-        picked = logits[torch.arange(logits.shape[0], device=logits.device), classes]
-        probs = picked.sigmoid().unsqueeze(1)
-        for r, p in zip(results, split_by_image(probs, rois, len(results))):
-            r.pred_masks = p
+        picked = logits[torch.arange(logits.shape[0], device=logits.device),
+                        detections["classes"]]
+        return picked.sigmoid().unsqueeze(1)
 
-    def keypoint_inference(self, feats, results: list[Instances]) -> None:
-        """Adds pred_keypoints (n×K×3: x, y, score) to each result."""
-        rois = boxes_to_rois([r.pred_boxes for r in results])
+    def keypoint_inference(self, feats, detections: dict[str, torch.Tensor]) -> torch.Tensor:
+        """n×K×3 keypoints (x, y, score) of each detection."""
+        rois = rois_of(detections["boxes"], detections["image_index"])
         heatmaps = self.keypoint_head(self.keypoint_pooler(feats, rois))
-        keypoints = ops.heatmaps_to_keypoints(heatmaps, rois[:, 1:])[..., [0, 1, 3]]
-        for r, kp in zip(results, split_by_image(keypoints, rois, len(results))):
-            r.pred_keypoints = kp
+        return ops.heatmaps_to_keypoints(heatmaps, rois[:, 1:])[..., [0, 1, 3]]
 
     # ---- training --------------------------------------------------------------------
     @torch.no_grad()

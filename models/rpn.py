@@ -1,8 +1,10 @@
 """Region proposal network: anchors, head, proposal selection and training losses.
 
 Also holds the box matching/sampling helpers the ROI heads reuse. Inference is
-traceable: anchors come from the feature shapes at run time, top-k counts are
-clamped with tensor ops, image sizes stay (traced) tensors on their way to the ops.
+traceable at any batch size and resolution: anchors come from the feature shapes at
+run time, top-k counts are clamped with tensor ops, image sizes are an i64[N, 2]
+tensor, and the per-image NMS and top-k run over all images at once (batch index
+tensors, see ``dexport.models.batched``).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dexport.models import ops
+from dexport.models.batched import clip_boxes_per_row, sizes_tensor, top_per_image
 from dexport.models.structures import Boxes, ImageList, Instances, pairwise_iou
 
 __all__ = [
@@ -166,21 +169,40 @@ class RPN(nn.Module):
 
     def forward(self, images: ImageList, features: dict[str, torch.Tensor],
                 gt_instances: list[Instances] | None = None):
+        anchors, logits, deltas = self.head_outputs(features)
+        losses = {}
+        if self.training:
+            losses = self.losses(anchors, logits, deltas, gt_instances)
+        with torch.no_grad():
+            sizes = sizes_tensor(images.image_sizes, images.device)
+            found = self.top_proposals(anchors, logits, deltas, sizes)
+        image = found["image_index"]
+        proposals = [Instances(size, proposal_boxes=Boxes(found["boxes"][image == i]),
+                               objectness_logits=found["scores"][image == i])
+                     for i, size in enumerate(images.image_sizes)]
+        return proposals, losses
+
+    def propose(self, features: dict[str, torch.Tensor],
+                image_sizes: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Batched inference: proposals of every image (``boxes``, ``scores`` = objectness
+        logits, ``image_index``), grouped by image; ``image_sizes`` is i64[N, 2]."""
+        anchors, logits, deltas = self.head_outputs(features)
+        return self.top_proposals(anchors, logits, deltas, image_sizes)
+
+    def head_outputs(self, features: dict[str, torch.Tensor]):
+        """Anchors per level and the head's logits (N, R) and deltas (N, R, 4) in anchor order."""
         feats = [features[f] for f in self.in_features]
         anchors = self.anchor_generator(feats)
         logits, deltas = self.head(feats)
         # (N, A, H, W) -> (N, H*W*A) and (N, A*4, H, W) -> (N, H*W*A, 4): anchor order.
         logits = [x.permute(0, 2, 3, 1).flatten(1) for x in logits]
         deltas = [x.unflatten(1, (-1, 4)).permute(0, 3, 4, 1, 2).flatten(1, 3) for x in deltas]
-        losses = {}
-        if self.training:
-            losses = self.losses(anchors, logits, deltas, gt_instances)
-        with torch.no_grad():
-            proposals = self.find_top_proposals(anchors, logits, deltas, images.image_sizes)
-        return proposals, losses
+        return anchors, logits, deltas
 
-    def find_top_proposals(self, anchors, logits, deltas, image_sizes) -> list[Instances]:
-        """Top-k per level, decode, then per image: clip, drop empty boxes, NMS, top-k."""
+    def top_proposals(self, anchors, logits, deltas,
+                      image_sizes: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Top-k per level and image, decode, clip, drop empty boxes, NMS per image and
+        level, then the top-k of each image; all images at once (see ``propose``)."""
         cfg = self.cfg
         pre_topk = cfg.pre_nms_topk_train if self.training else cfg.pre_nms_topk_test
         post_topk = cfg.post_nms_topk_train if self.training else cfg.post_nms_topk_test
@@ -195,18 +217,18 @@ class RPN(nn.Module):
             all_boxes.append(boxes_i.reshape(idx.shape[0], -1, 4))
             all_scores.append(scores_i)
             all_levels.append(torch.full_like(idx, level))
-        boxes = torch.cat(all_boxes, dim=1)
         scores = torch.cat(all_scores, dim=1)
-        levels = torch.cat(all_levels, dim=1)
-        proposals = []
-        for i, image_size in enumerate(image_sizes):
-            b = ops.clip_boxes(boxes[i], image_size)
-            keep = Boxes(b).nonempty(cfg.min_box_size)
-            b, s, lv = b[keep], scores[i][keep], levels[i][keep]
-            keep = ops.batched_nms(b, s, lv, cfg.nms_thresh)[:post_topk]
-            proposals.append(Instances(image_size, proposal_boxes=Boxes(b[keep]),
-                                       objectness_logits=s[keep]))
-        return proposals
+        num_images = scores.shape[0]
+        image = torch.arange(num_images, device=scores.device).unsqueeze(1).expand_as(scores)
+        boxes = clip_boxes_per_row(torch.cat(all_boxes, dim=1), image_sizes.unsqueeze(1))
+        boxes, scores = boxes.flatten(0, 1), scores.flatten()
+        image, levels = image.flatten(), torch.cat(all_levels, dim=1).flatten()
+        keep = Boxes(boxes).nonempty(cfg.min_box_size)
+        boxes, scores, image, levels = boxes[keep], scores[keep], image[keep], levels[keep]
+        # Boxes compete only within their own image and level.
+        keep = ops.batched_nms(boxes, scores, image * len(anchors) + levels, cfg.nms_thresh)
+        keep = top_per_image(keep, image, post_topk, num_images)
+        return {"boxes": boxes[keep], "scores": scores[keep], "image_index": image[keep]}
 
     def losses(self, anchors, logits, deltas, gt_instances: list[Instances]) -> dict:
         """Objectness BCE and box-regression smooth-L1 over sampled anchors, per image."""

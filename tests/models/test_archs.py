@@ -374,7 +374,7 @@ def test_point_sample_reads_cell_centres():
     # ROI-relative sampling over a stride-2 map equals plain sampling of the box region.
     feature = torch.randn(2, 3, 8, 8)
     rois = torch.tensor([[1.0, 0.0, 0.0, 8.0, 8.0], [0.0, 8.0, 8.0, 16.0, 16.0]])
-    out = sample_roi_points(feature, 2, rois, regular_grid_points(4, 2), num_images=2)
+    out = sample_roi_points(feature, 2, rois, regular_grid_points(4, 2))
     assert torch.allclose(out[0], feature[1, :, :4, :4].flatten(1))
     assert torch.allclose(out[1], feature[0, :, 4:, 4:].flatten(1))
 
@@ -404,13 +404,13 @@ def test_pointrend_r50_subdivision_schedule():
     calls = []
     original = head.point_logits
 
-    def spy(feature, rois, coarse, points, num_images):
+    def spy(feature, rois, coarse, points):
         calls.append(points.shape[1])
-        return original(feature, rois, coarse, points, num_images)
+        return original(feature, rois, coarse, points)
 
     head.point_logits = spy
     with torch.no_grad():
-        logits = head(feature, rois, classes, num_images=2)
+        logits = head(feature, rois, classes)
     assert logits.shape == (3, 1, 224, 224)
     assert calls == [784, 784, 784, 784]
 
