@@ -149,6 +149,29 @@ def test_unknown_target_names_the_registered_ones():
         get_pass("decompose", target="no-such-backend").run(graph)
 
 
+class _Flatten(torch.nn.Module):
+    def forward(self, x):
+        return torch.flatten(x, 1) * 2
+
+
+def test_sizes_a_decomposition_reads_are_read_at_run_time():
+    # flatten decomposes to view(x, [size(x, 0), size(x, 1) * size(x, 2)]): sizes
+    # from the trace's symbols, never the example's numbers.
+    from dexport.backends.onnx import emit_onnx, has_lowering, run_onnx
+    graph = dexport.capture(_Flatten(), (torch.randn(2, 3, 4),))
+    register_target("onnx-without-flatten", lambda op: op != "aten::flatten.using_ints" and has_lowering(op))
+    p = get_pass("decompose", target="onnx-without-flatten")
+    assert p.run(graph) and p.refused == []
+    ops = [n.op for n in graph.nodes()]
+    assert "aten::flatten.using_ints" not in ops and {"aten::size.int", "aten::mul.int"} <= set(ops)
+    onnx_model = emit_onnx(graph)
+    for shape in [(5, 2, 7), (1, 6, 1)]:
+        x = torch.randn(shape)
+        expected = _Flatten()(x)
+        assert torch.equal(graph(x), expected)
+        assert torch.equal(torch.from_numpy(run_onnx(onnx_model, [x])[0]), expected)
+
+
 def test_decompose_then_emit_onnx_runs_at_another_shape():
     from dexport.backends.onnx import emit_onnx, has_lowering, run_onnx
     register_target("onnx", has_lowering)
