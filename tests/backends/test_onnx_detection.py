@@ -26,11 +26,11 @@ class _Call(torch.nn.Module):
         return self.fn(*xs)
 
 
-def _session(fn, *example):
+def _session(fn, *example, opset=17):
     """Capture ``fn`` on ``example``, emit ONNX once; returns a runner of that model."""
     graph = dexport.capture(_Call(fn), example)
     assert any(n.op.startswith("dexport::") for n in graph.nodes())
-    model = emit_onnx(graph)
+    model = emit_onnx(graph, opset=opset)
     sess = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     names = [i.name for i in sess.get_inputs()]
 
@@ -260,3 +260,33 @@ def test_heatmaps_to_keypoints_matches_the_kernel():
         # score's Exp/ReduceSum may differ from torch's by a few ulps.
         torch.testing.assert_close(got[..., :3], expected[..., :3], rtol=1e-6, atol=1e-5)
         torch.testing.assert_close(got[..., 3], expected[..., 3], rtol=1e-5, atol=1e-7)
+
+
+# --------------------------------------------------------------------------- opsets
+
+def _all_ops(boxes, scores, classes, features, masks, maps, size):
+    rois = torch.cat([torch.zeros_like(boxes[:, :1]), boxes], dim=1)
+    return (ops.nms(boxes, scores, 0.5), ops.batched_nms(boxes, scores, classes, 0.5),
+            ops.roi_align(features, rois, 0.5, 3, 3, 0, True), ops.decode_boxes(boxes, boxes),
+            ops.encode_boxes(boxes + 1, boxes + 0.5), ops.clip_boxes(boxes, size),
+            ops.assign_fpn_levels(boxes, 2, 5), ops.paste_masks(masks, boxes, size),
+            ops.heatmaps_to_keypoints(maps, boxes))
+
+
+@pytest.mark.parametrize("opset", [18, 21])
+def test_every_lowering_at_newer_opsets(opset):
+    gen = torch.Generator().manual_seed(9)
+
+    def inputs(n):
+        return (_boxes(n, gen, span=20.0, max_size=10.0), torch.rand(n, generator=gen),
+                torch.randint(0, 3, (n,), generator=gen), torch.randn(1, 2, 10, 15, generator=gen),
+                torch.rand(n, 6, 6, generator=gen), torch.randn(n, 2, 5, 5, generator=gen), torch.tensor([20, 30]))
+
+    graph = dexport.capture(_Call(_all_ops), inputs(6))
+    model = emit_onnx(graph, opset=opset)
+    sess = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for n in (9, 0):
+        xs = inputs(n)
+        got = sess.run(None, {i.name: x.numpy() for i, x in zip(sess.get_inputs(), xs)})
+        for g, e in zip(got, _all_ops(*xs)):
+            torch.testing.assert_close(torch.from_numpy(g), e, rtol=1e-5, atol=1e-5)
