@@ -611,12 +611,12 @@ def emit_onnx(graph: Graph, *, opset: int = 17, input_names: Sequence[str] | Non
     missing = check_support(graph)
     if missing:
         raise _unsupported_error(missing, opset)
-    in_names = _io_names(graph.inputs, input_names, "input", use_hints=True)
-    out_names = _io_names(graph.outputs, output_names, "output", use_hints=False)
-    clash = set(in_names) & set(out_names)
+    in_names = _io_names(graph.inputs, input_names, "input", use_hints=True, taken=graph.params)
+    out_names = _io_names(graph.outputs, output_names, "output", use_hints=False, taken=graph.params)
+    clash = sorted((set(in_names) & set(out_names)) | (set(in_names + out_names) & set(graph.params)))
     if clash:
-        raise DexportError(f"names used for both an input and an output: {sorted(clash)}",
-                           hint="give distinct input_names and output_names")
+        raise DexportError(f"names used twice (inputs, outputs and parameters share one namespace): "
+                           f"{clash}", hint="give distinct input_names and output_names")
     ctx = LoweringContext(graph, opset, reserved=[*in_names, *out_names, *graph.params])
     static_ok = not graph.example_shapes
 
@@ -660,7 +660,7 @@ def emit_onnx(graph: Graph, *, opset: int = 17, input_names: Sequence[str] | Non
 
 
 def _io_names(values: Sequence[Value], given: Sequence[str] | None, kind: str,
-              use_hints: bool) -> list[str]:
+              use_hints: bool, taken: Iterable[str]) -> list[str]:
     if given is not None:
         given = list(given)
         if len(given) != len(values) or len(set(given)) != len(given) or not all(given):
@@ -671,7 +671,7 @@ def _io_names(values: Sequence[Value], given: Sequence[str] | None, kind: str,
     names: list[str] = []
     for k, v in enumerate(values):
         hint = v.name_hint if use_hints else None
-        names.append(hint if hint and hint not in names else f"{kind}{k}")
+        names.append(hint if hint and hint not in names and hint not in taken else f"{kind}{k}")
     if len(set(names)) != len(names):  # a hint equal to a later "inputK"
         names = [f"{kind}{k}" for k in range(len(values))]
     return names

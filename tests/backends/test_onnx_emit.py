@@ -112,8 +112,10 @@ def test_io_names_are_checked():
     graph = small_graph()
     with pytest.raises(DexportError, match="1 output names for 2 graph outputs"):
         emit_onnx(graph, output_names=["only"])
-    with pytest.raises(DexportError, match="both an input and an output"):
+    with pytest.raises(DexportError, match=r"names used twice.*\['x'\]"):
         emit_onnx(graph, input_names=["x"], output_names=["x", "y"])
+    with pytest.raises(DexportError, match=r"names used twice.*\['conv.weight'\]"):
+        emit_onnx(graph, input_names=["conv.weight"])
 
 
 def test_outputs_that_are_inputs_constants_params_or_repeated():
