@@ -89,8 +89,10 @@ def _overlaps(a: torch.Tensor, b: torch.Tensor, iou_threshold: float) -> torch.T
     inter_w = torch.minimum(a[:, None, 2], b[None, :, 2]) - torch.maximum(a[:, None, 0], b[None, :, 0])
     inter_h = torch.minimum(a[:, None, 3], b[None, :, 3]) - torch.maximum(a[:, None, 1], b[None, :, 1])
     inter = inter_w.clamp_(min=0).mul_(inter_h.clamp_(min=0))
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    # A box inverted on one axis is empty; an unclamped (negative) area would make the
+    # union negative and let it suppress boxes it does not even touch.
+    area_a = (a[:, 2] - a[:, 0]).clamp(min=0) * (a[:, 3] - a[:, 1]).clamp(min=0)
+    area_b = (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)
     union = (area_a[:, None] + area_b[None, :]).sub_(inter)
     return inter > union.mul_(iou_threshold)
 

@@ -1,12 +1,11 @@
 """dexport.passes: the pass manager, the pattern rewriter and the standard passes.
 
 Importing this package registers the built-in passes (dce, cse, fold-constants,
-canonicalize); other pass families register themselves when their module is
-imported.
+canonicalize, decompose). Backends register themselves as decompose targets.
 """
 from dexport.passes.base import NoOptions, Pass, get_pass, register_pass, registered
 from dexport.passes.manager import (DumpInstrument, Instrument, PassManager, PassRecord, PassResult,
                                     TimingInstrument, ValidateInstrument, VerifyInstrument,
                                     compare_outputs, parse_pipeline)
 from dexport.passes.rewrite import Const, Match, Op, Pattern, Rejection, Rewriter, Rule, Var
-from dexport.passes import canonicalize, cleanup, fold  # noqa: F401  (registers the passes)
+from dexport.passes import canonicalize, cleanup, decompose, fold  # noqa: F401  (registers the passes)

@@ -458,3 +458,11 @@ def test_trace_with_parameters_keeps_one_roi_align_node():
 def test_opcheck(name, args):
     """torch's own consistency checks: schema, fake kernel (data-dependent sizes), autograd."""
     torch.library.opcheck(getattr(torch.ops.dexport, name).default, args)
+
+
+def test_nms_box_inverted_on_one_axis_is_empty_and_suppresses_nothing():
+    boxes = torch.tensor([[50.0, 0.0, 0.0, 100.0],     # x2 < x1: empty, yet a large negative area
+                          [200.0, 200.0, 210.0, 210.0]])
+    scores = torch.tensor([0.9, 0.8])
+    assert ops.nms(boxes, scores, 0.5).tolist() == [0, 1]
+    assert ops.batched_nms(boxes, scores, torch.tensor([0, 0]), 0.5).tolist() == [0, 1]
