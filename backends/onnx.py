@@ -67,8 +67,9 @@ import torch
 from onnx import TensorProto, helper
 
 from dexport.ir.errors import DexportError, UnsupportedOpsError
-from dexport.ir.graph import RETURN, Graph, Node, Value
-from dexport.ir.types import ListType, OptionalType, ScalarType, TensorType, TupleType, Type
+from dexport.ir.graph import Graph, Node, Value
+from dexport.ir.types import ListType, OptionalType, ScalarType, TensorType, Type
+from dexport.passes.decompose import register_target
 
 Lowering = Callable[["LoweringContext", Node], list]
 
@@ -115,6 +116,10 @@ def _load_lowerings() -> None:
 def has_lowering(op: str) -> bool:
     _load_lowerings()
     return op in LOWERINGS
+
+
+# ``decompose{target=onnx}`` rewrites exactly the ops this backend lacks.
+register_target("onnx", has_lowering)
 
 
 # --------------------------------------------------------------------------- support check

@@ -201,6 +201,11 @@ def test_registry():
     assert LOWERINGS["aten::relu"].__module__ == "dexport.backends.onnx_aten"
 
 
+def test_backend_is_the_onnx_decompose_target():
+    from dexport.passes.decompose import target_support
+    assert target_support("onnx") is has_lowering
+
+
 def test_custom_lowering_registered_by_a_user(monkeypatch):
     graph = parse("""graph(%x: f32[N]) {
   %y: f32[N] = foo::double(%x)
