@@ -40,6 +40,9 @@ def staging_directory(target: str | os.PathLike, *, overwrite: bool = False) -> 
                            hint="choose another --output directory")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)  # mkdtemp's 0700 would make the artifact private
     try:
         yield staging
         if target.exists():
@@ -62,13 +65,15 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def finish_manifest(staging: Path, manifest: dict) -> None:
-    """Record every file's size and sha256, then write the manifest last."""
+def finish_manifest(staging: Path, manifest: dict) -> dict:
+    """Record every file's size and sha256, then write the manifest last; returns it."""
     files = {}
     for path in sorted(p for p in staging.rglob("*") if p.is_file()):
         rel = path.relative_to(staging).as_posix()
         files[rel] = {"bytes": path.stat().st_size, "sha256": file_digest(path)}
-    (staging / MANIFEST).write_text(manifest_text({**manifest, "files": files}), encoding="utf-8")
+    manifest = {**manifest, "files": files}
+    (staging / MANIFEST).write_text(manifest_text(manifest), encoding="utf-8")
+    return manifest
 
 
 def read_manifest(directory: str | os.PathLike) -> dict:

@@ -72,6 +72,76 @@ def _max_abs_diff(a, b) -> float:
     return worst
 
 
+def _model_and_inputs(args):
+    """The model plus example inputs: zoo models and factories that return a model get
+    synthetic images (the zoo's input format); a factory may instead return
+    ``(model, example_inputs)`` or ``(model, example_inputs, [check_inputs, ...])``."""
+    made = load_model(args.model)
+    if isinstance(made, tuple):
+        model, example, *rest = made
+        return model, example, list(rest[0]) if rest else []
+    batch = 1 if args.batch == "dynamic" else int(args.batch)
+    example = (sample_images(batch, args.size, seed=0),)
+    if args.batch == "dynamic":  # other batch sizes and resolutions than the capture's
+        checks = [(sample_images(n, args.size + 32 * k, seed=10 + k),) for k, n in enumerate((2, 3), 1)]
+    else:
+        checks = [(sample_images(batch, args.size + 32, seed=11),)]
+    return made, example, checks
+
+
+def cmd_export(args) -> int:
+    from dexport.backends.onnx import check_support
+    from dexport.driver import detection_parity, detection_parity_ok, export, io_kind_of, max_abs_diff
+
+    progress = Progress(6 if not args.check else 3)
+    with progress.step(f"loading {args.model}"):
+        model, example, checks = _model_and_inputs(args)
+    if args.check:
+        import dexport
+        with progress.step("capturing by tracing"):
+            graph = dexport.capture(model, example, method=args.method)
+        with progress.step("checking ONNX support"):
+            missing = check_support(graph)
+        if not missing:
+            print(f"every op of the captured graph ({len(graph)} nodes) has an ONNX lowering")
+            return 0
+        print("ops without an ONNX lowering (run the decompose pass, or register a lowering):")
+        for op, count, places in missing:
+            where = "; ".join(f"{scope or '<top>'} @ {source or '?'}" for scope, source in places[:3])
+            print(f"  {op} x{count}: {where}")
+        return 1
+    detection = io_kind_of(model) == "detection"
+    result = export(model, example, args.output, format=args.format, method=args.method,
+                    opset=args.opset, simplify=args.simplify, dump_ir=args.dump_ir,
+                    overwrite=args.overwrite, check_inputs=checks,
+                    parity=detection_parity if detection else max_abs_diff, progress=progress)
+    print(f"exported {args.model} to {result.directory}/model.onnx "
+          f"({result.manifest['files']['model.onnx']['bytes'] / 1e6:.1f} MB, {len(result.graph)} IR nodes)")
+    ok = True
+    for inputs, report in zip(checks, result.manifest.get("parity", [])):
+        shape = _describe_inputs(inputs)
+        if detection:
+            good = detection_parity_ok(report)
+            print(f"  parity vs eager on {shape}: detections {[c[0] for c in report['counts']]} vs "
+                  f"{[c[1] for c in report['counts']]}, max box error {report['max_box_error_rel']:.1e} "
+                  f"of the image size, max score error {report['max_score_error']:.1e}, "
+                  f"min mask IoU {report['min_mask_iou']:.4f} -> {'ok' if good else 'MISMATCH'}")
+        else:
+            good = report["max_abs_diff"] <= args.atol
+            print(f"  parity vs eager on {shape}: max abs diff {report['max_abs_diff']:.2e} -> "
+                  f"{'ok' if good else 'MISMATCH'}")
+        ok &= good
+    return 0 if ok else 1
+
+
+def _describe_inputs(inputs) -> str:
+    first = inputs[0]
+    if isinstance(first, list) and first and isinstance(first[0], dict) and "image" in first[0]:
+        sizes = sorted({tuple(x["image"].shape[-2:]) for x in first})
+        return f"{len(first)} image(s) of {', '.join(f'{h}x{w}' for h, w in sizes)}"
+    return "held-out inputs"
+
+
 def cmd_zoo(args) -> int:
     from dexport.models import zoo
     for name in zoo.names():
@@ -130,11 +200,40 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pass pipeline (default: canonicalize,cse,dce)")
     d.add_argument("--atol", type=float, default=1e-4, help="max abs diff accepted vs eager (default 1e-4)")
     d.set_defaults(func=cmd_dump)
+
+    e = sub.add_parser("export", help="export a model to an artifact directory (ONNX)",
+                       description="Capture MODEL, run the pass pipeline, emit standard ONNX that plain "
+                                   "onnxruntime runs, compare it with eager PyTorch on inputs not used for "
+                                   "capture (other batch sizes and resolutions), and write OUTPUT "
+                                   "atomically: model.onnx + manifest.json. Load it back with "
+                                   "dexport.load(OUTPUT).")
+    e.add_argument("--model", required=True, help="zoo:NAME (see `dexport zoo`) or package.module:factory; a "
+                   "factory returns a model taking the zoo's inputs, or (model, example_inputs[, checks])")
+    e.add_argument("--output", help="artifact directory to write (required unless --check)")
+    e.add_argument("--method", default="tracing", choices=["tracing"], help="capture method (default tracing)")
+    e.add_argument("--format", default="onnx", choices=["onnx"], help="artifact format (default onnx)")
+    e.add_argument("--batch", default="dynamic",
+                   help="'dynamic' (default: one artifact for any batch size) or a number to capture and "
+                        "check at that batch size")
+    e.add_argument("--size", type=int, default=128, help="capture image size in pixels (default 128)")
+    e.add_argument("--opset", type=int, default=17, help="ONNX opset, 17..21 (default 17)")
+    e.add_argument("--simplify", action="store_true", help="run onnxsim on the emitted model")
+    e.add_argument("--dump-ir", metavar="DIR", help="also write the IR (graph.ir/.dot/.svg, per-pass dumps) to DIR")
+    e.add_argument("--check", action="store_true",
+                   help="only report which ops of the captured graph have no ONNX lowering; write nothing")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing artifact at --output")
+    e.add_argument("--atol", type=float, default=1e-4, help="max abs diff accepted for non-detection models")
+    e.set_defaults(func=cmd_export)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "export" and not args.check and not args.output:
+        parser.error("export: --output is required (or pass --check)")
+    if args.command == "export" and args.batch != "dynamic" and not args.batch.isdigit():
+        parser.error("export: --batch takes 'dynamic' or a positive number")
     try:
         return args.func(args)
     except DexportError as e:

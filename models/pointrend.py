@@ -168,7 +168,9 @@ def _uncertain_points(logits: torch.Tensor, num_points: int) -> tuple[torch.Tens
     """Flat indices (R, P) of the cells of (R, 1, H, W) logits closest to 0 and their
     cell-centre coordinates (R, P, 2) in [0, 1]."""
     h, w = logits.shape[-2:]
-    idx = (-logits.abs()).flatten(1).topk(num_points, dim=1).indices
+    # Upsampled logits tie often; a stable sort picks the same cells on every backend
+    # (topk's order among equal values is unspecified).
+    idx = (-logits.abs()).flatten(1).sort(dim=1, descending=True, stable=True).indices[:, :num_points]
     x = ((idx % w).to(logits.dtype) + 0.5) / w
     y = (torch.div(idx, w, rounding_mode="floor").to(logits.dtype) + 0.5) / h
     return idx, torch.stack([x, y], dim=2)

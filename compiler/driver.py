@@ -1,0 +1,205 @@
+"""The export driver: capture -> passes -> emit -> parity check -> artifact.
+
+Two ways a model's inputs and outputs reach the emitted graph:
+
+* ``structured``: any model. The graph takes the flattened example inputs and
+  returns the flattened outputs; the loader rebuilds both with the schemas.
+  Non-tensor inputs and the number of list items are fixed at capture.
+* ``detection``: a zoo-style detector (a model with ``forward_batched``). The
+  graph takes one padded batch ``images f32[N,3,H,W]``, ``image_sizes i64[N,2]``
+  and ``output_sizes i64[N,2]`` and returns concatenated detections with per-image
+  ``counts`` (the format of ``dexport.models.batched``), so one artifact serves any
+  batch size and resolution. The loader does the padding and splits the results
+  back into the model's own list of dicts.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from dexport.artifacts import finish_manifest, staging_directory
+from dexport.capture import capture
+from dexport.dump import dump_ir as write_ir_dump
+from dexport.ir.errors import DexportError
+from dexport.ir.graph import Graph
+
+DEFAULT_PIPELINE = "canonicalize,cse,dce"
+FORMATS = ("onnx",)
+IO_KINDS = ("structured", "detection")
+
+
+@dataclass
+class ExportResult:
+    directory: Path
+    manifest: dict
+    graph: Graph
+
+
+def io_kind_of(model: torch.nn.Module) -> str:
+    return "detection" if callable(getattr(model, "forward_batched", None)) else "structured"
+
+
+def _versions() -> dict:
+    def version(dist: str) -> str:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            return ""
+    return {d: version(d) for d in ("dexport", "torch", "onnx", "onnxruntime")}
+
+
+def export(model: torch.nn.Module, example_inputs: tuple, output: str | os.PathLike, *,
+           format: str = "onnx", method: str = "tracing", opset: int = 17,
+           pipeline: str = DEFAULT_PIPELINE, simplify: bool = False,
+           dump_ir: str | os.PathLike | None = None, overwrite: bool = False,
+           check_inputs: Sequence[tuple] = (), parity: Callable[[Any, Any], dict] | None = None,
+           progress=None) -> ExportResult:
+    """Export ``model`` (called as ``model(*example_inputs)``) into the artifact
+    directory ``output``, written atomically.
+
+    ``check_inputs``: more input tuples, not used for capture, on which the artifact is
+    compared with eager PyTorch; ``parity(eager_out, exported_out) -> dict`` summarises
+    one comparison (default: max abs difference over all output tensors). The
+    summaries go into the manifest. ``progress`` is a ``dexport.cli.Progress``-like
+    object with a ``step(text)`` context manager (None: silent)."""
+    from dexport.backends import onnx as onnx_backend
+    from dexport.loader import load_onnx_bytes
+    from dexport.passes import PassManager
+
+    if format not in FORMATS:
+        raise DexportError(f"format {format!r} is not available", hint=f"use one of {list(FORMATS)}")
+    step = progress.step if progress is not None else _silent_step
+    kind = io_kind_of(model)
+    model.eval()
+
+    with step(f"capturing by {method}"):
+        if kind == "detection":
+            from dexport.models.batched import stack_inputs
+            images, image_sizes, output_sizes, _ = stack_inputs(example_inputs[0], "cpu")
+            graph = capture(model, (images, image_sizes, output_sizes), method=method,
+                            inference_func=lambda m, *args: m.forward_batched(*args))
+        else:
+            graph = capture(model, example_inputs, method=method)
+    with step(f"running passes {pipeline!r}"):
+        PassManager(pipeline, verify_each=True,
+                    dump_dir=Path(dump_ir) / "passes" if dump_ir else None).run(graph)
+    with step(f"emitting ONNX (opset {opset})"):
+        input_names, output_names = _io_names(graph, kind)
+        proto = onnx_backend.emit_onnx(graph, opset=opset, input_names=input_names,
+                                       output_names=output_names)
+        if simplify:
+            proto = onnx_backend.simplify(proto)
+        model_bytes = proto.SerializeToString()
+
+    manifest = {
+        "format": format, "method": method, "io": kind, "opset": opset,
+        "versions": _versions(), "pipeline": pipeline, "simplified": bool(simplify),
+        "model_file": "model.onnx",
+        "input_schema": graph.input_schema.to_json() if graph.input_schema else None,
+        "output_schema": graph.output_schema.to_json() if graph.output_schema else None,
+        "inputs": [{"name": i.name, "shape": _dims(i)} for i in proto.graph.input],
+        "outputs": [{"name": o.name, "shape": _dims(o)} for o in proto.graph.output],
+    }
+    if check_inputs:
+        with step(f"checking against eager on {len(check_inputs)} held-out input(s)"):
+            runner = load_onnx_bytes(model_bytes, manifest)
+            compare = parity or max_abs_diff
+            reports = []
+            with torch.no_grad():
+                for inputs in check_inputs:
+                    reports.append(compare(model(*inputs), runner(*inputs)))
+            manifest["parity"] = reports
+
+    with step(f"writing {output}"):
+        with staging_directory(output, overwrite=overwrite) as stage:
+            (stage / "model.onnx").write_bytes(model_bytes)
+            if dump_ir:
+                write_ir_dump(graph, dump_ir)
+            manifest = finish_manifest(stage, manifest)
+    return ExportResult(Path(output), manifest, graph)
+
+
+def detection_parity(expected: list[dict], actual: list[dict]) -> dict:
+    """Eager vs exported detections, image by image (results are compared in their
+    order, best first): detection counts, the largest box error in pixels relative to
+    the image size, the largest score difference and the smallest mask IoU."""
+    counts, box_err, score_err, mask_iou = [], 0.0, 0.0, 1.0
+    for e, a in zip(expected, actual):
+        ie, ia = e["instances"], a["instances"]
+        counts.append([len(ie), len(ia)])
+        if len(ie) != len(ia) or not len(ie):
+            continue
+        size = float(max(ie.image_size))
+        box_err = max(box_err, (ie.pred_boxes.tensor - ia.pred_boxes.tensor).abs().max().item() / size)
+        score_err = max(score_err, (ie.scores - ia.scores).abs().max().item())
+        if ie.has("pred_masks"):
+            me, ma = ie.pred_masks.flatten(1), ia.pred_masks.flatten(1)
+            inter, union = (me & ma).sum(1).double(), (me | ma).sum(1).double()
+            iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+            mask_iou = min(mask_iou, iou.min().item())
+    return {"counts": counts, "same_counts": all(x == y for x, y in counts),
+            "max_box_error_rel": box_err, "max_score_error": score_err, "min_mask_iou": mask_iou}
+
+
+def detection_parity_ok(report: dict, *, box_tol: float = 1e-3, score_tol: float = 1e-4,
+                        mask_iou: float = 0.99) -> bool:
+    return (report["same_counts"] and report["max_box_error_rel"] <= box_tol
+            and report["max_score_error"] <= score_tol and report["min_mask_iou"] >= mask_iou)
+
+
+DETECTION_INPUTS = ("images", "image_sizes", "output_sizes")
+
+
+def _io_names(graph: Graph, kind: str) -> tuple[list[str] | None, list[str] | None]:
+    """Readable ONNX names where the structure gives them: the batched detection inputs,
+    and the keys of a dict of tensors returned by the model."""
+    from dexport.ir.schema import DictSchema, TensorSchema
+    inputs = list(DETECTION_INPUTS) if kind == "detection" else None
+    out = graph.output_schema
+    outputs = None
+    if (isinstance(out, DictSchema) and all(isinstance(v, TensorSchema) for v in out.values)
+            and all(isinstance(k, str) and k for k in out.keys)
+            and not set(out.keys) & set(inputs or ())):
+        outputs = list(out.keys)
+    return inputs, outputs
+
+
+def _dims(value_info) -> list:
+    return [d.dim_param if d.dim_param else d.dim_value
+            for d in value_info.type.tensor_type.shape.dim]
+
+
+def max_abs_diff(expected: Any, actual: Any) -> dict:
+    """Largest absolute difference over all output tensors (inf when the structure or
+    a shape differs): the generic parity figure for models that are not detectors."""
+    from dexport.ir.schema import flatten
+    ea, aa = flatten(expected, "eager")[0], flatten(actual, "exported")[0]
+    if len(ea) != len(aa):
+        return {"max_abs_diff": float("inf"), "note": f"{len(ea)} vs {len(aa)} output tensors"}
+    worst = 0.0
+    for x, y in zip(ea, aa):
+        if x.shape != y.shape:
+            return {"max_abs_diff": float("inf"), "note": f"shape {tuple(x.shape)} vs {tuple(y.shape)}"}
+        if x.numel():
+            worst = max(worst, (x.double() - y.double()).abs().max().item())
+    return {"max_abs_diff": worst}
+
+
+class _silent_step:
+    def __init__(self, text: str):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+__all__ = ["DEFAULT_PIPELINE", "ExportResult", "detection_parity", "detection_parity_ok", "export",
+           "io_kind_of", "max_abs_diff"]
