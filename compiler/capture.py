@@ -1,7 +1,7 @@
 """``dexport.capture``: a model and example inputs in, an IR graph out."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -20,7 +20,8 @@ FRONTENDS: dict[str, Callable[..., Graph]] = {"tracing": _trace}
 
 
 def capture(model: torch.nn.Module, example_inputs: Any, method: str = "tracing", *,
-            inference_func: Callable[..., Any] | None = None) -> Graph:
+            inference_func: Callable[..., Any] | None = None,
+            probe_inputs: Sequence[Any] | None = None) -> Graph:
     """Capture ``model`` as a graph.
 
     ``example_inputs`` is the tuple of positional arguments, structured as the
@@ -28,9 +29,15 @@ def capture(model: torch.nn.Module, example_inputs: Any, method: str = "tracing"
     taken as the only argument. The graph's ``input_schema``/``output_schema``
     let ``graph(*inputs)`` take and return the same structures.
     ``inference_func(model, *inputs)`` calls the model (default ``model(*inputs)``).
+    ``probe_inputs`` (inputs like the example, at other batch sizes and resolutions)
+    turn on differential capture (``dexport.probes``): the graph gets symbolic dims and
+    size-derived constants are tagged for the ``fix-batch-dim`` pass.
     """
     frontend = FRONTENDS.get(method)
     if frontend is None:
         raise CaptureError(f"unknown capture method {method!r}",
                            hint=f"use one of: {', '.join(sorted(FRONTENDS))}")
+    if probe_inputs is not None:
+        from dexport.probes import capture_with_probes
+        return capture_with_probes(frontend, model, example_inputs, probe_inputs, inference_func)
     return frontend(model, example_inputs, inference_func)

@@ -8,4 +8,6 @@ from dexport.passes.manager import (DumpInstrument, Instrument, PassManager, Pas
                                     TimingInstrument, ValidateInstrument, VerifyInstrument,
                                     compare_outputs, parse_pipeline)
 from dexport.passes.rewrite import Const, Match, Op, Pattern, Rejection, Rewriter, Rule, Var
-from dexport.passes import canonicalize, cleanup, decompose, fold  # noqa: F401  (registers the passes)
+from dexport.passes import (  # noqa: F401  (registers the passes)
+    canonicalize, cleanup, decompose, fix_batch_dim, fold,
+)
