@@ -9,8 +9,8 @@ ONNX nodes through a ``LoweringContext``::
         return [ctx.op("Relu", ctx.input(node, 0))]
 
 It returns one entry per IR output: the ONNX name of the output tensor, or, for
-IR lists (``list[Tensor]`` from ``aten::unbind``, ``list[int]``), a Python list
-of entries (see ``LoweringContext.seq``). Lowerings for ``aten::*``/``prim::*``
+an IR list (``list[Tensor]`` from ``aten::unbind``, ``list[int]``), ``ctx.seq``
+of the element entries. Lowerings for ``aten::*``/``prim::*``
 live in ``dexport.backends.onnx_aten``, those for ``dexport::*`` in
 ``dexport.backends.onnx_detection``; both are imported on first use.
 
@@ -46,7 +46,15 @@ The context API (``ctx``)
 ``ctx.shape(name)`` / ``ctx.dim(name, d)``   Shape / one dim as a 0-d int64
 ``ctx.unsqueeze(name, axes)`` / ``ctx.squeeze(name, axes)`` / ``ctx.reduce(op, name, axes, keepdims)``
                                      opset-independent forms
-``ctx.rank(node, i)`` / ``ctx.dtype(node, i)`` / ``ctx.out_dtype(node, k=0)``
+``ctx.materialize(entry, dtype=None)`` the ONNX name of any entry (made on demand)
+``ctx.typed(name, dtype)`` / ``ctx.same_dtype(src, out)`` / ``ctx.dtypes``
+                                     record what an emitted name holds (lets casts be
+                                     skipped); names returned for IR outputs are recorded
+                                     from the IR type automatically
+``ctx.param(name)`` / ``ctx.tensor_proto(tensor)`` / ``ctx.fresh(base)``
+                                     a parameter's initializer / a TensorProto for tensor
+                                     attributes / a fresh unique name (for subgraphs)
+``ctx.rank(node, i)`` / ``ctx.dtype(node, i)`` / ``ctx.out_dtype(node, k=0)`` / ``ctx.out_rank``
                                      from the IR types (ranks and dtypes are facts even
                                      in traced graphs; int dims are not, so no helper
                                      hands them out)
@@ -106,11 +114,7 @@ def lowering(*ops: str) -> Callable[[Lowering], Lowering]:
 @functools.lru_cache(maxsize=None)
 def _load_lowerings() -> None:
     for name in _LOWERING_MODULES:
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            if err.name != name:  # a real import failure inside the module
-                raise
+        importlib.import_module(name)
 
 
 def has_lowering(op: str) -> bool:
@@ -409,10 +413,10 @@ class LoweringContext:
         return self.typed(self.op("Gather", self.shape(name), self.int64(d), axis=0), torch.int64)
 
     def unsqueeze(self, name: str, axes: Sequence[int]) -> str:
-        return self._same_dtype(name, self.op("Unsqueeze", name, self.int64(list(axes))))
+        return self.same_dtype(name, self.op("Unsqueeze", name, self.int64(list(axes))))
 
     def squeeze(self, name: str, axes: Sequence[int]) -> str:
-        return self._same_dtype(name, self.op("Squeeze", name, self.int64(list(axes))))
+        return self.same_dtype(name, self.op("Squeeze", name, self.int64(list(axes))))
 
     def reduce(self, op_type: str, name: str, axes: Sequence[int] | None, keepdims: bool) -> str:
         """Reduce* over ``axes`` (None: all); axes are an input from opset 18 (13 for ReduceSum)."""
@@ -422,7 +426,8 @@ class LoweringContext:
             return self.op(op_type, name, self.int64(list(axes)), keepdims=int(keepdims))
         return self.op(op_type, name, axes=list(axes), keepdims=int(keepdims))
 
-    def _same_dtype(self, src: str, out: str) -> str:
+    def same_dtype(self, src: str, out: str) -> str:
+        """Record that ``out`` holds what ``src`` holds (reshapes, gathers, slices)."""
         return self.typed(out, self.dtypes.get(src))
 
     # -- IR facts ------------------------------------------------------------------------

@@ -39,7 +39,7 @@ def _first_dims(ctx: LoweringContext, name: str, start: int, end: int | None = N
 
 def _reshape(ctx: LoweringContext, name: str, shape: str) -> str:
     # allowzero: a 0 in the target is a real 0 (torch), not "copy the input dim".
-    return ctx._same_dtype(name, ctx.op("Reshape", name, shape, allowzero=1))
+    return ctx.same_dtype(name, ctx.op("Reshape", name, shape, allowzero=1))
 
 
 def _list_values(node: Node, i: int) -> list[Value]:
@@ -574,7 +574,7 @@ def _expand(ctx: LoweringContext, node: Node) -> list:
         items = ctx.items(node, 1, ctx.out_rank(node))
         shape = ctx.materialize(ctx.seq([ctx.const_entry(1) if _is_minus_one(ctx, e) else e
                                          for e in items]), torch.int64)
-    return [ctx._same_dtype(x, ctx.op("Expand", x, shape))]
+    return [ctx.same_dtype(x, ctx.op("Expand", x, shape))]
 
 
 def _is_minus_one(ctx: LoweringContext, entry) -> bool:
@@ -584,7 +584,7 @@ def _is_minus_one(ctx: LoweringContext, entry) -> bool:
 @lowering("aten::expand_as")
 def _expand_as(ctx: LoweringContext, node: Node) -> list:
     x = ctx.input(node, 0)
-    return [ctx._same_dtype(x, ctx.op("Expand", x, ctx.shape(ctx.input(node, 1))))]
+    return [ctx.same_dtype(x, ctx.op("Expand", x, ctx.shape(ctx.input(node, 1))))]
 
 
 @lowering("aten::repeat")
@@ -630,7 +630,7 @@ def _unsqueeze(ctx: LoweringContext, node: Node) -> list:
 def _select(ctx: LoweringContext, node: Node) -> list:
     axis = _dim(ctx.const(node, 1), ctx.rank(node, 0))
     x = ctx.input(node, 0)
-    return [ctx._same_dtype(x, ctx.op("Gather", x, ctx.input(node, 2, torch.int64), axis=axis))]
+    return [ctx.same_dtype(x, ctx.op("Gather", x, ctx.input(node, 2, torch.int64), axis=axis))]
 
 
 def _as_1d(ctx: LoweringContext, node: Node, i: int, default: int) -> str:
@@ -651,7 +651,7 @@ def _slice(ctx: LoweringContext, node: Node) -> list:
         return [x]  # x[:, :] — the whole dim
     out = ctx.op("Slice", x, _as_1d(ctx, node, 2, 0), _as_1d(ctx, node, 3, INT64_MAX),
                  ctx.int64([axis]), _as_1d(ctx, node, 4, 1))
-    return [ctx._same_dtype(x, out)]
+    return [ctx.same_dtype(x, out)]
 
 
 @lowering("aten::narrow")
@@ -660,7 +660,7 @@ def _narrow(ctx: LoweringContext, node: Node) -> list:
     axis = _dim(ctx.const(node, 1), ctx.rank(node, 0))
     start = _as_1d(ctx, node, 2, 0)
     end = ctx.op("Add", start, _as_1d(ctx, node, 3, 0))
-    return [ctx._same_dtype(x, ctx.op("Slice", x, start, end, ctx.int64([axis])))]
+    return [ctx.same_dtype(x, ctx.op("Slice", x, start, end, ctx.int64([axis])))]
 
 
 @lowering("aten::flip")
@@ -674,7 +674,7 @@ def _flip(ctx: LoweringContext, node: Node) -> list:
     n = len(dims)
     out = ctx.op("Slice", x, ctx.int64([-1] * n), ctx.int64([INT64_MIN] * n), ctx.int64(dims),
                  ctx.int64([-1] * n))
-    return [ctx._same_dtype(x, out)]
+    return [ctx.same_dtype(x, out)]
 
 
 @lowering("aten::cat", "aten::concat", "aten::concatenate")
@@ -708,7 +708,7 @@ def _unbind(ctx: LoweringContext, node: Node) -> list:
     else:
         raise ctx.fail("aten::unbind over a dim whose size is not fixed",
                        "unpack the result into a fixed number of values in the model")
-    return [ctx.seq([ctx._same_dtype(x, ctx.op("Gather", x, ctx.int64(k), axis=axis))
+    return [ctx.seq([ctx.same_dtype(x, ctx.op("Gather", x, ctx.int64(k), axis=axis))
                      for k in range(count)])]
 
 
@@ -728,7 +728,7 @@ def _meshgrid(ctx: LoweringContext, node: Node) -> list:
         shape = [1] * n
         shape[order[k]] = -1
         column = _reshape(ctx, t, ctx.int64(shape))
-        out.append(ctx._same_dtype(t, ctx.op("Expand", column, target)))
+        out.append(ctx.same_dtype(t, ctx.op("Expand", column, target)))
     return [ctx.seq(out)]
 
 
@@ -853,16 +853,16 @@ def _index(ctx: LoweringContext, node: Node) -> list:
         dtype = _value_dtype(values[p])
         if dtype not in (torch.bool, torch.uint8):
             # one integer index tensor: a plain Gather puts its dims at position p
-            return [ctx._same_dtype(x, ctx.op("Gather", x, ctx.cast(names[p], torch.int64), axis=p))]
+            return [ctx.same_dtype(x, ctx.op("Gather", x, ctx.cast(names[p], torch.int64), axis=p))]
         if _value_rank(ctx, values[p]) == 1:
             coords = ctx.squeeze(ctx.op("NonZero", ctx.cast(names[p], torch.bool)), [0])
-            return [ctx._same_dtype(x, ctx.op("Gather", x, coords, axis=p))]
+            return [ctx.same_dtype(x, ctx.op("Gather", x, coords, axis=p))]
     adv = _Advanced(ctx, node, x, rank)
     out = ctx.op("GatherND", adv.x, adv.stacked)
     perm = adv.torch_perm()
     if perm is not None:
         out = ctx.op("Transpose", out, perm=perm)
-    return [ctx._same_dtype(x, out)]
+    return [ctx.same_dtype(x, out)]
 
 
 @lowering("aten::index_put", "aten::index_put_", "aten::_index_put_impl_")
@@ -898,14 +898,14 @@ def _gather(ctx: LoweringContext, node: Node) -> list:
     x = ctx.input(node, 0)
     axis = _dim(ctx.const(node, 1), ctx.rank(node, 0))
     out = ctx.op("GatherElements", x, ctx.input(node, 2, torch.int64), axis=axis)
-    return [ctx._same_dtype(x, out)]
+    return [ctx.same_dtype(x, out)]
 
 
 @lowering("aten::index_select")
 def _index_select(ctx: LoweringContext, node: Node) -> list:
     x = ctx.input(node, 0)
     axis = _dim(ctx.const(node, 1), ctx.rank(node, 0))
-    return [ctx._same_dtype(x, ctx.op("Gather", x, ctx.input(node, 2, torch.int64), axis=axis))]
+    return [ctx.same_dtype(x, ctx.op("Gather", x, ctx.input(node, 2, torch.int64), axis=axis))]
 
 
 @lowering("aten::scatter.src", "aten::scatter.value", "aten::scatter_add", "aten::scatter.reduce",
@@ -1002,7 +1002,7 @@ def _pad(ctx: LoweringContext, node: Node) -> list:
     inputs = [x, pads]
     if onnx_mode == "constant" and not ctx.is_none(node, value_index):
         inputs.append(ctx.input(node, value_index, ctx.dtype(node, 0)))
-    return [ctx._same_dtype(x, ctx.op("Pad", *inputs, mode=onnx_mode))]
+    return [ctx.same_dtype(x, ctx.op("Pad", *inputs, mode=onnx_mode))]
 
 
 # --------------------------------------------------------------------------- neural network
