@@ -1017,9 +1017,6 @@ def _conv(ctx: LoweringContext, node: Node) -> list:
     spatial = ctx.rank(node, 0) - 2
     stride, padding, dilation = (_pair(ctx.const(node, i), spatial) for i in (3, 4, 5))
     if node.op in ("aten::conv2d", "aten::conv1d"):
-        if isinstance(ctx.const(node, 4), str):
-            raise ctx.fail("string padding ('same'/'valid') is not supported",
-                           "give explicit padding in the model")
         transposed, output_padding, groups = False, [0] * spatial, ctx.const(node, 6)
     else:
         transposed = bool(ctx.const(node, 6))

@@ -330,3 +330,17 @@ def test_list_of_sizes_unpacked():
     model = emit_onnx(graph)
     compare(graph, model, (torch.zeros(3, 5),))
     compare(graph, model, (torch.zeros(0, 2),))
+
+
+def test_conv2d_overload_from_ir_text():
+    """aten::conv2d (what scripting and torch.export produce) as well as _convolution."""
+    graph = parse("""graph(%x: f32[N,2,H,W]) {
+  %w: f32[3,2,3,3] = prim::Param() {name="w"}
+  %one: int = prim::Constant() {value=1}
+  %none: None = prim::Constant() {value=None}
+  %s: list[int] = prim::ListConstruct(%one, %one)
+  %y: f32[N,3,H,W] = aten::conv2d(%x, %w, %none, %s, %s, %s, %one)
+  return (%y)
+}""", params={"w": randn(3, 2, 3, 3)})
+    model = emit_onnx(graph)
+    compare(graph, model, (randn(2, 2, 5, 6),), atol=1e-5)
