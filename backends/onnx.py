@@ -257,9 +257,6 @@ class LoweringContext:
         return self._counter
 
     # -- reading inputs ------------------------------------------------------------------
-    def entry(self, node: Node, i: int) -> Any:
-        return self.env[node.inputs[i]]
-
     def input(self, node: Node, i: int, dtype: torch.dtype | None = None) -> str:
         """The ONNX name of input ``i`` (a tensor, or a 0-d tensor for an IR scalar, or a
         1-D tensor for a list of scalars), cast to ``dtype`` when given."""
@@ -346,7 +343,8 @@ class LoweringContext:
     def emit(self, op_type: str, inputs: Sequence[str], num_outputs: int = 1, domain: str = "",
              **attrs: Any) -> list[str]:
         """Append one ONNX node; returns its output names. An input "" is an omitted
-        optional input. Attributes are sorted by name (onnx.helper does this)."""
+        optional input. Attributes are sorted by name (onnx.helper does this). A
+        non-default ``domain`` (custom operators) is imported at version 1."""
         k = self._next_id()
         outputs = [self.fresh(f"{op_type}_{k}" + (f"_o{j}" if j else "")) for j in range(num_outputs)]
         node = self.current
