@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_util
 
+from dexport.models.structures import Boxes, Instances
+
 __all__ = [
     "THING_CLASSES",
     "STUFF_CLASSES",
@@ -88,8 +90,6 @@ class ShapesDataset:
         return self.num_images
 
     def __getitem__(self, index: int) -> dict:
-        from dexport.models.structures import Boxes, Instances
-
         r = self.record(index)
         h, w = r["sem_seg"].shape
         instances = Instances(
