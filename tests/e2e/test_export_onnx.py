@@ -25,17 +25,26 @@ def images(count: int, size, seed: int) -> list[dict]:
     return [{"image": data[i]["image"][:, :h, :w].contiguous()} for i in range(count)]
 
 
-# Untrained pointrend_tiny's mask probabilities sit at the 0.5 threshold: eager alone
-# drops to mask IoU 0.973 when the image changes by 1e-3 (of 255), so rounding-level
-# differences flip pixels. Its boxes and scores are held to the usual tolerances.
-MASK_IOU = {"pointrend_tiny": 0.95}
+def mask_noise_floor(model, inputs, expected) -> float:
+    """Eager against eager on images changed by 1e-3 (of 255): the mask IoU that
+    rounding alone costs. Untrained mask heads predict probabilities at the 0.5
+    threshold (pointrend_tiny drops to 0.973 this way), where that is below 0.99."""
+    nudged = [{**x, "image": x["image"] + 1e-3} for x in inputs]
+    with torch.no_grad():
+        return detection_parity(expected, model(nudged))["min_mask_iou"]
 
 
-def assert_matches_eager(model, loaded, inputs, mask_iou=0.99):
+def assert_matches_eager(model, loaded, inputs):
+    """Counts, boxes and scores within the usual tolerances; mask IoU >= 0.99, or for a
+    model whose masks are that fragile, no worse than its own noise floor."""
     with torch.no_grad():
         expected = model(inputs)
     report = detection_parity(expected, loaded(inputs))
-    assert detection_parity_ok(report, mask_iou=mask_iou), report
+    if detection_parity_ok(report):
+        return
+    assert detection_parity_ok(report, mask_iou=0.0), report
+    floor = mask_noise_floor(model, inputs, expected)
+    assert floor < 0.99 and report["min_mask_iou"] >= floor - 0.01, (report, floor)
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +92,8 @@ def test_every_tiny_zoo_model_exports_and_matches(name, tmp_path):
     model = zoo.get(name)
     dexport.export(model, (images(1, 64, seed=0),), tmp_path / name)
     loaded = dexport.load(tmp_path / name)
-    assert_matches_eager(model, loaded, images(2, 96, seed=7), MASK_IOU.get(name, 0.99))
-    assert_matches_eager(model, loaded, images(3, (80, 64), seed=8), MASK_IOU.get(name, 0.99))
+    assert_matches_eager(model, loaded, images(2, 96, seed=7))
+    assert_matches_eager(model, loaded, images(3, (80, 64), seed=8))
 
 
 @pytest.mark.slow
