@@ -180,6 +180,19 @@ def cmd_dump(args) -> int:
     return 0 if err <= args.atol else 1
 
 
+def cmd_bench(args) -> int:
+    from dexport.bench import bench, to_markdown, write_results
+    steps = 5 + (len(args.artifact) if args.artifact else 2)  # load, 2 eager, artifacts (+export), floor
+    progress = Progress(steps)
+    with progress.step(f"loading {args.model}"):
+        model = load_model(args.model)
+    result = bench(model, name=args.model, artifacts=args.artifact or (), size=args.size, batch=args.batch,
+                   runs=args.runs, warmup=args.warmup, threads=args.threads, progress=progress)
+    write_results(result, args.json, args.md)
+    print(to_markdown(result))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dexport", description=(
         "Export PyTorch detection and segmentation models through dexport's IR."))
@@ -224,6 +237,23 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--overwrite", action="store_true", help="replace an existing artifact at --output")
     e.add_argument("--atol", type=float, default=1e-4, help="max abs diff accepted for non-detection models")
     e.set_defaults(func=cmd_export)
+
+    b = sub.add_parser("bench", help="time eager PyTorch, exported artifacts and the backbone+FPN floor",
+                       description="Time MODEL eager (list API and forward_batched), each ONNX artifact "
+                                   "in onnxruntime (none given: export one first) and the backbone + FPN "
+                                   "alone, in one run with a fixed thread count; print a markdown table "
+                                   "of medians and ratios against eager model(list).")
+    b.add_argument("--model", required=True, help="zoo:NAME (see `dexport zoo`) or package.module:factory")
+    b.add_argument("--artifact", action="append", metavar="DIR",
+                   help="an artifact directory written by `dexport export` (repeatable)")
+    b.add_argument("--size", type=int, default=512, help="image size in pixels (default 512)")
+    b.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
+    b.add_argument("--runs", type=int, default=10, help="timed runs per entry (default 10)")
+    b.add_argument("--warmup", type=int, default=2, help="untimed runs first (default 2)")
+    b.add_argument("--threads", type=int, default=2, help="torch and onnxruntime threads (default 2)")
+    b.add_argument("--json", metavar="OUT", help="write the results as JSON")
+    b.add_argument("--md", metavar="OUT", help="write the markdown table")
+    b.set_defaults(func=cmd_bench)
     return p
 
 
