@@ -1,11 +1,12 @@
 """`dexport bench` and benchmarks/export_compare.py write their results with the
 expected structure (times are never asserted: the machine is shared)."""
+import importlib.util
 import json
-
-import pytest
+from pathlib import Path
 
 from dexport.bench import BASELINE, latency
 from dexport.cli import main
+
 
 def test_latency_reports_ordered_quantiles():
     calls = []
@@ -48,3 +49,30 @@ def test_bench_times_given_artifacts(tmp_path):
     assert [e["name"] for e in result["entries"]][2:] == ["onnxruntime plain"]
     assert "vs_floor" not in result["entries"][0] and result["entries"][2]["artifact"].endswith("plain")
 
+
+
+def _export_compare():
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("export_compare", root / "benchmarks" / "export_compare.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_export_compare_writes_results_and_reports_failures(tmp_path):
+    ec = _export_compare()
+    result = ec.compare_model("mask_rcnn_tiny", size=64, threads=1, runs=1, warmup=0, profile=False,
+                              exporters=("dexport", "torch.onnx + onnxsim"), log=lambda s: None)
+    json_path, md_path = ec.write_results([result], tmp_path)
+    saved = json.loads(json_path.read_text())[0]
+    assert saved["model"] == "mask_rcnn_tiny" and saved["baseline"] == "eager model(list)"
+    for key in ("eager_list", "eager_forward_batched", "floor"):
+        assert {"median_ms", "p10_ms", "p90_ms"} <= set(saved[key])
+    ours, failed = saved["exporters"]
+    assert ours["exporter"] == "dexport" and ours["parity_ok"] and ours["onnx_nodes"] > 0
+    assert {"export_s", "file_mb", "median_ms"} <= set(ours)
+    assert "median_ms" not in failed and "no model to simplify" in failed["error"]
+    md = md_path.read_text()
+    assert "## mask_rcnn_tiny at 64x64, 1 threads" in md and "| dexport | " in md
+    assert "| torch.onnx + onnxsim |" in md and "failed" in md
+    assert "| dexport ORT / eager model(list) |" in md and "not measured" in md
