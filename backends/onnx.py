@@ -599,7 +599,7 @@ def _io_type(ctx: LoweringContext, value: Value, what: str) -> torch.dtype:
 
 def emit_onnx(graph: Graph, *, opset: int = 17, input_names: Sequence[str] | None = None,
               output_names: Sequence[str] | None = None, dynamic_axes: Any = "auto",
-              check: bool = True) -> onnx.ModelProto:
+              check: bool = True, value_names: dict[Value, str] | None = None) -> onnx.ModelProto:
     """Lower ``graph`` to a standard ONNX model.
 
     ``dynamic_axes``: ``"auto"`` declares each graph input/output dim as the IR's
@@ -610,6 +610,11 @@ def emit_onnx(graph: Graph, *, opset: int = 17, input_names: Sequence[str] | Non
     torch.onnx.export does, fixing the others. Traced sizes never reach the graph's
     computation, whatever the declaration. ``check`` runs the ONNX checker with full
     shape inference, which a correct lowering always passes.
+    ``value_names``: a dict filled with IR value -> ONNX name for every output of a
+    top-block node that became an ONNX value of the top graph (a tensor, or the 0-d
+    tensor of a scalar); constants never read as tensors, lists and values inside
+    If/Loop bodies are left out. Tools that compare the two graphs value by value
+    (``dexport.bisect``) read it.
     Raises UnsupportedOpsError listing every op without a lowering, before emitting."""
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise DexportError(f"opset {opset} is not supported", hint=f"use {MIN_OPSET}..{MAX_OPSET}")
@@ -655,6 +660,13 @@ def emit_onnx(graph: Graph, *, opset: int = 17, input_names: Sequence[str] | Non
                 n.input[i] = renames.get(x, x)
             for i, x in enumerate(n.output):
                 n.output[i] = renames.get(x, x)
+    if value_names is not None:
+        for node in graph.block.nodes:
+            for value in node.outputs:
+                entry = ctx.env.get(value)
+                name = entry.name if isinstance(entry, _Lazy) else entry
+                if isinstance(name, str):
+                    value_names[value] = renames.get(name, name)
 
     onnx_graph = helper.make_graph(ctx.nodes, "dexport", inputs, outputs, ctx.initializers)
     opsets = [helper.make_opsetid("", opset)] + [helper.make_opsetid(d, v)
