@@ -117,9 +117,7 @@ class DivergenceReport:
                     f"interpreter ({tol}; {self.skipped} constants/lists have no ONNX value)")
         parts = [self.divergence.describe(
             f"first divergence, after {self.compared} of {self.total} node outputs matched ({tol})")]
-        if self.wrong_lowering is self.divergence:
-            pass
-        elif self.wrong_lowering is not None:
+        if self.wrong_lowering is not None and self.wrong_lowering is not self.divergence:
             parts.append(self.wrong_lowering.describe("first wrong lowering further on"))
         elif self.divergence.local_ok:
             parts.append("no later node disagrees with ONNX on its own inputs: every lowering checked is "
@@ -162,7 +160,8 @@ def bisect(graph: Graph, inputs: Sequence[Any], *, opset: int = 17, atol: float 
                 continue
             d = _compare(node, k, expected[value], actual[value], names[value], atol, rtol)
             if d is None:
-                compared += 0 if found else 1
+                if not found:
+                    compared += 1
                 continue
             d.input_max_abs = _input_error(node, expected, actual)
             d.local_max_abs, d.local_ok = _local_check(d, expected, actual, atol, rtol)
@@ -183,7 +182,7 @@ def bisect(graph: Graph, inputs: Sequence[Any], *, opset: int = 17, atol: float 
 
 
 class _Stop(Exception):
-    """Ends the interpreter run at the first divergence."""
+    """Ends the interpreter run at the first wrong lowering."""
 
 
 def _run_exposed(model: onnx.ModelProto, exposed: Sequence[str], inputs: Sequence[Any]) -> list[np.ndarray]:
@@ -359,16 +358,26 @@ def bisect_model(model: torch.nn.Module, example_inputs: tuple, check_inputs: tu
     return bisect(graph, flat_inputs(graph, model, check_inputs), opset=opset, atol=atol, rtol=rtol)
 
 
-def bisect_artifact(directory: str | os.PathLike, model: torch.nn.Module, example_inputs: tuple,
-                    check_inputs: tuple, *, atol: float = DEFAULT_ATOL,
-                    rtol: float = DEFAULT_RTOL) -> DivergenceReport:
-    """Bisect an artifact's model: re-captured from ``model`` with the manifest's
-    capture method, pipeline and opset (an artifact holds ONNX, not the IR)."""
+def bisect_artifact(directory: str | os.PathLike, model: torch.nn.Module, check_inputs: tuple, *,
+                    example_inputs: tuple | None = None, capture_size: int = 128,
+                    atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL) -> DivergenceReport:
+    """Bisect an artifact's model on ``check_inputs`` (the model's own call arguments).
+    An artifact holds ONNX, not the IR, so the eager ``model`` is re-captured with the
+    manifest's method, pipeline and opset, on ``example_inputs`` or, for a detector,
+    on one synthetic image of ``capture_size`` pixels as ``dexport export`` captures.
+    What is bisected is that emission before any ``--simplify``."""
     from dexport.artifacts import read_manifest
     manifest = read_manifest(Path(directory))
     if manifest.get("format") != "onnx":
         raise DexportError(f"{directory}: only ONNX artifacts can be bisected (format "
                            f"{manifest.get('format')!r})")
+    if example_inputs is None:
+        if manifest.get("io") != "detection":
+            raise DexportError(f"{directory}: bisecting a non-detector needs the inputs it was captured with",
+                               hint="pass example_inputs (a factory returns (model, example_inputs, checks))")
+        from dexport.models.data import ShapesDataset
+        example_inputs = ([{"image": ShapesDataset("val", num_images=1, seed=0,
+                                                   image_size=capture_size)[0]["image"]}],)
     return bisect_model(model, example_inputs, check_inputs, method=manifest.get("method", "tracing"),
                         pipeline=manifest.get("pipeline"), opset=manifest.get("opset", 17),
                         atol=atol, rtol=rtol)

@@ -194,3 +194,17 @@ def test_mask_rcnn_broken_roi_align_fails_and_bisection_names_it(mask_rcnn, lowe
     assert d.max_abs == pytest.approx(0.5, abs=1e-4) and d.local_ok is False
     text = str(report)
     assert "output 0 of dexport::roi_align" in text and "scope:  roi_heads.box_pooler" in text
+
+
+def test_bisect_artifact_recaptures_with_the_manifest_settings(tmp_path, lowerings):
+    from dexport.bisect import bisect_artifact
+    from dexport.ir.errors import DexportError
+    torch.manual_seed(0)
+    model, example = Small().eval(), (torch.randn(2, 3, 8, 8),)
+    dexport.export(model, example, tmp_path / "art", opset=18)
+    assert bisect_artifact(tmp_path / "art", model, tuple(held_out()), example_inputs=example).ok
+    lowerings("aten::linear", plus_half)
+    report = bisect_artifact(tmp_path / "art", model, tuple(held_out()), example_inputs=example)
+    assert report.divergence.op == "aten::linear" and report.divergence.scope == "head"
+    with pytest.raises(DexportError, match="captured with"):
+        bisect_artifact(tmp_path / "art", model, tuple(held_out()))
