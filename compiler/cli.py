@@ -91,7 +91,7 @@ def _model_and_inputs(args):
 
 def cmd_export(args) -> int:
     from dexport.backends.onnx import check_support
-    from dexport.driver import detection_parity, detection_parity_ok, export, io_kind_of, max_abs_diff
+    from dexport.driver import export
 
     progress = Progress(6 if not args.check else 3)
     with progress.step(f"loading {args.model}"):
@@ -110,27 +110,22 @@ def cmd_export(args) -> int:
             where = "; ".join(f"{scope or '<top>'} @ {source or '?'}" for scope, source in places[:3])
             print(f"  {op} x{count}: {where}")
         return 1
-    detection = io_kind_of(model) == "detection"
     result = export(model, example, args.output, format=args.format, method=args.method,
                     opset=args.opset, simplify=args.simplify, dump_ir=args.dump_ir,
-                    overwrite=args.overwrite, check_inputs=checks,
-                    parity=detection_parity if detection else max_abs_diff, progress=progress)
+                    overwrite=args.overwrite, check_inputs=checks, tolerances=_tolerances(args),
+                    model_spec=args.model, progress=progress)
     print(f"exported {args.model} to {result.directory}/model.onnx "
           f"({result.manifest['files']['model.onnx']['bytes'] / 1e6:.1f} MB, {len(result.graph)} IR nodes)")
     ok = True
-    for inputs, report in zip(checks, result.manifest.get("parity", [])):
-        shape = _describe_inputs(inputs)
-        if detection:
-            good = detection_parity_ok(report)
-            print(f"  parity vs eager on {shape}: detections {[c[0] for c in report['counts']]} vs "
-                  f"{[c[1] for c in report['counts']]}, max box error {report['max_box_error_rel']:.1e} "
-                  f"of the image size, max score error {report['max_score_error']:.1e}, "
-                  f"min mask IoU {report['min_mask_iou']:.4f} -> {'ok' if good else 'MISMATCH'}")
-        else:
-            good = report["max_abs_diff"] <= args.atol
-            print(f"  parity vs eager on {shape}: max abs diff {report['max_abs_diff']:.2e} -> "
-                  f"{'ok' if good else 'MISMATCH'}")
-        ok &= good
+    if result.verification is not None:
+        shapes = "; ".join(_describe_inputs(inputs) for inputs in checks)
+        print(f"  verified vs eager on {shapes}: {result.verification.summary()}")
+        for line in result.verification.worst():
+            print(f"    {line}")
+        ok = result.verification.ok
+    if args.run_eval:
+        import dexport
+        ok &= _run_eval(args, model, dexport.load(result.directory))
     return 0 if ok else 1
 
 
@@ -140,6 +135,125 @@ def _describe_inputs(inputs) -> str:
         sizes = sorted({tuple(x["image"].shape[-2:]) for x in first})
         return f"{len(first)} image(s) of {', '.join(f'{h}x{w}' for h, w in sizes)}"
     return "held-out inputs"
+
+
+def _parse_ints(text: str, flag: str, example: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) <= 0:
+        raise DexportError(f"{flag} {text!r}: expected positive integers separated by commas", hint=f"e.g. {flag} {example}")
+    return values
+
+
+def _tolerances(args):
+    from dexport.verification import Tolerances
+    return Tolerances().replace(box=args.box_tol, score=args.score_tol, mask_iou=args.mask_iou,
+                                keypoint_px=args.keypoint_tol, sem_seg=args.sem_seg_agreement,
+                                panoptic=args.sem_seg_agreement, atol=args.atol)
+
+
+def _eval_source(args, spec: str | None):
+    from dexport.models.data import ShapesDataset, dataset_for_model
+    from dexport.verification import CocoFolder
+    if args.coco_json or args.image_dir:
+        if not (args.coco_json and args.image_dir):
+            raise DexportError("--coco-json and --image-dir go together", hint="pass both, or neither for shapes val")
+        return CocoFolder(args.coco_json, args.image_dir), f"{args.coco_json}"
+    if args.eval_images <= 0:
+        raise DexportError(f"--eval-images {args.eval_images}: expected a positive number")
+    kwargs = dict(num_images=args.eval_images, seed=0, image_size=args.eval_size)
+    if spec and spec.startswith("zoo:"):
+        data = dataset_for_model(spec[4:], "val", **kwargs)
+    else:
+        data = ShapesDataset("val", **kwargs)
+    return data, f"shapes val ({len(data)} images, {args.eval_size}px)"
+
+
+def _run_eval(args, model, loaded) -> bool:
+    """COCO AP of eager and exported side by side; False when any AP differs by more
+    than --ap-tol points."""
+    from dexport.verification import ap_ok, compare_ap, format_ap_table
+    source, what = _eval_source(args, args.model)
+    table = compare_ap(model, loaded, source)
+    print(f"COCO AP on {what}, eager vs exported:")
+    print(format_ap_table(table))
+    ok = ap_ok(table, args.ap_tol)
+    print(f"AP difference within {args.ap_tol} -> {'ok' if ok else 'MISMATCH'}")
+    return ok
+
+
+def _verify_inputs(args, manifest, made):
+    """Held-out synthetic images (seeds the export's own checks never use): for every
+    size, --images images split into batches cycling through --batch. A structured
+    artifact takes exactly its capture inputs, so a factory's own check inputs are used."""
+    if manifest["io"] != "detection":
+        if isinstance(made, tuple) and len(made) > 2 and made[2]:
+            return list(made[2])
+        raise DexportError("this artifact is not a detector: dexport verify needs held-out inputs from its factory",
+                           hint="let the factory return (model, example_inputs, [check_inputs, ...])")
+    from dexport.models.data import ShapesDataset
+    sizes, batches = _parse_ints(args.sizes, "--sizes", "96,160"), _parse_ints(args.batch, "--batch", "1,2,3")
+    if args.images <= 0:
+        raise DexportError(f"--images {args.images}: expected a positive number")
+    inputs = []
+    for k, size in enumerate(sizes):
+        data = ShapesDataset("val", num_images=args.images, seed=1000 + k, image_size=size)
+        start, b = 0, 0
+        while start < args.images:
+            n = min(batches[b % len(batches)], args.images - start)
+            inputs.append(([{"image": data[i]["image"]} for i in range(start, start + n)],))
+            start, b = start + n, b + 1
+    return inputs
+
+
+def cmd_verify(args) -> int:
+    import dexport
+    from dexport.artifacts import read_manifest
+    from dexport.verification import verify
+
+    manifest = read_manifest(args.artifact)
+    args.model = args.model or manifest.get("model")
+    if not args.model:
+        raise DexportError(f"{args.artifact}: the manifest does not record which model was exported",
+                           hint="pass --model zoo:NAME or package.module:factory (or re-export with this dexport)")
+    progress = Progress(2)
+    with progress.step(f"loading {args.artifact} and rebuilding {args.model}"):
+        loaded = dexport.load(args.artifact)
+        made = load_model(args.model)
+        model = (made[0] if isinstance(made, tuple) else made).eval()
+        inputs = _verify_inputs(args, manifest, made)
+    with progress.step(f"running eager and exported on {len(inputs)} held-out input(s)"):
+        report = verify(model, loaded, inputs, tolerances=_tolerances(args))
+    if args.json:
+        Path(args.json).write_text(report.to_json(), encoding="utf-8")
+    print(report.format_table())
+    ok = report.ok
+    if args.run_eval:
+        ok &= _run_eval(args, model, loaded)
+    return 0 if ok else 1
+
+
+def _add_tolerance_flags(p) -> None:
+    from dexport.verification import Tolerances
+    t = Tolerances()
+    p.add_argument("--box-tol", type=float, help=f"max box error, fraction of the image size (default {t.box})")
+    p.add_argument("--score-tol", type=float, help=f"max score error (default {t.score})")
+    p.add_argument("--mask-iou", type=float, help=f"min mask IoU of matched detections (default {t.mask_iou})")
+    p.add_argument("--keypoint-tol", type=float, help=f"max keypoint distance in pixels (default {t.keypoint_px})")
+    p.add_argument("--sem-seg-agreement", type=float,
+                   help=f"min fraction of equal semantic / panoptic labels (default {t.sem_seg})")
+
+
+def _add_eval_flags(p) -> None:
+    p.add_argument("--run-eval", action="store_true",
+                   help="also compare COCO AP of eager and exported on a dataset (shapes val by default)")
+    p.add_argument("--eval-images", type=int, default=200, help="shapes val images for --run-eval (default 200)")
+    p.add_argument("--eval-size", type=int, default=128, help="shapes val image size (default 128)")
+    p.add_argument("--coco-json", help="evaluate on this COCO json instead (with --image-dir)")
+    p.add_argument("--image-dir", help="folder of the --coco-json images as .npy/.pt [3,H,W] arrays")
+    p.add_argument("--ap-tol", type=float, default=0.1, help="max AP difference in points (default 0.1)")
 
 
 def cmd_zoo(args) -> int:
@@ -236,7 +350,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only report which ops of the captured graph have no ONNX lowering; write nothing")
     e.add_argument("--overwrite", action="store_true", help="replace an existing artifact at --output")
     e.add_argument("--atol", type=float, default=1e-4, help="max abs diff accepted for non-detection models")
+    _add_tolerance_flags(e)
+    _add_eval_flags(e)
     e.set_defaults(func=cmd_export)
+
+    v = sub.add_parser("verify", help="compare an exported artifact with eager PyTorch on held-out images",
+                       description="Load ARTIFACT, rebuild the eager model the manifest records, run both on "
+                                   "held-out synthetic images of other sizes and batch sizes, match detections "
+                                   "per image by IoU and print a table. Exit code 0: match, 1: mismatch, "
+                                   "2: user error. The artifact itself is never written.")
+    v.add_argument("artifact", help="artifact directory written by `dexport export`")
+    v.add_argument("--model", help="rebuild the eager model from this spec instead of the manifest's")
+    v.add_argument("--images", type=int, default=6, help="held-out images per size (default 6)")
+    v.add_argument("--sizes", default="96,160", help="image sizes, comma separated (default 96,160)")
+    v.add_argument("--batch", default="1,2,3", help="batch sizes to cycle through (default 1,2,3)")
+    v.add_argument("--json", metavar="OUT", help="write the full report as json to OUT")
+    v.add_argument("--atol", type=float, default=1e-4, help="max abs diff accepted for non-detection models")
+    _add_tolerance_flags(v)
+    _add_eval_flags(v)
+    v.set_defaults(func=cmd_verify)
 
     b = sub.add_parser("bench", help="time eager PyTorch, exported artifacts and the backbone+FPN floor",
                        description="Time MODEL eager (list API and forward_batched), each ONNX artifact "

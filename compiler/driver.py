@@ -38,6 +38,7 @@ class ExportResult:
     directory: Path
     manifest: dict
     graph: Graph
+    verification: Any = None  # a dexport.verification.VerificationReport when check_inputs were given
 
 
 def io_kind_of(model: torch.nn.Module) -> str:
@@ -58,15 +59,18 @@ def export(model: torch.nn.Module, example_inputs: tuple, output: str | os.PathL
            pipeline: str = DEFAULT_PIPELINE, simplify: bool = False,
            dump_ir: str | os.PathLike | None = None, overwrite: bool = False,
            check_inputs: Sequence[tuple] = (), parity: Callable[[Any, Any], dict] | None = None,
-           progress=None) -> ExportResult:
+           tolerances=None, model_spec: str | None = None, progress=None) -> ExportResult:
     """Export ``model`` (called as ``model(*example_inputs)``) into the artifact
     directory ``output``, written atomically.
 
     ``check_inputs``: more input tuples, not used for capture, on which the artifact is
-    compared with eager PyTorch; ``parity(eager_out, exported_out) -> dict`` summarises
-    one comparison (default: max abs difference over all output tensors). The
-    summaries go into the manifest. ``progress`` is a ``dexport.cli.Progress``-like
-    object with a ``step(text)`` context manager (None: silent)."""
+    compared with eager PyTorch by ``dexport.verification.verify`` (detections matched
+    per image; ``tolerances``: a ``Tolerances``); the report goes into the manifest as
+    ``verification`` and into the result. ``parity(eager_out, exported_out) -> dict``,
+    if given, adds one more summary per input as the manifest's ``parity`` list.
+    ``model_spec`` (``zoo:NAME`` or ``package.module:factory``) is recorded so that
+    ``dexport verify`` can rebuild the eager model. ``progress`` is a
+    ``dexport.cli.Progress``-like object with a ``step(text)`` context manager (None: silent)."""
     from dexport.backends import onnx as onnx_backend
     from dexport.loader import load_onnx_bytes
     from dexport.passes import PassManager
@@ -97,6 +101,7 @@ def export(model: torch.nn.Module, example_inputs: tuple, output: str | os.PathL
         model_bytes = proto.SerializeToString()
 
     manifest = {
+        "model": model_spec,
         "format": format, "method": method, "io": kind, "opset": opset,
         "versions": _versions(), "pipeline": pipeline, "simplified": bool(simplify),
         "model_file": "model.onnx",
@@ -105,15 +110,16 @@ def export(model: torch.nn.Module, example_inputs: tuple, output: str | os.PathL
         "inputs": [{"name": i.name, "shape": _dims(i)} for i in proto.graph.input],
         "outputs": [{"name": o.name, "shape": _dims(o)} for o in proto.graph.output],
     }
+    report = None
     if check_inputs:
-        with step(f"checking against eager on {len(check_inputs)} held-out input(s)"):
+        from dexport.verification import verify
+        with step(f"verifying against eager on {len(check_inputs)} held-out input(s)"):
             runner = load_onnx_bytes(model_bytes, manifest)
-            compare = parity or max_abs_diff
-            reports = []
-            with torch.no_grad():
-                for inputs in check_inputs:
-                    reports.append(compare(model(*inputs), runner(*inputs)))
-            manifest["parity"] = reports
+            report = verify(model, runner, check_inputs, tolerances=tolerances)
+            manifest["verification"] = report.to_dict()
+            if parity is not None:
+                with torch.no_grad():
+                    manifest["parity"] = [parity(model(*inputs), runner(*inputs)) for inputs in check_inputs]
 
     with step(f"writing {output}"):
         with staging_directory(output, overwrite=overwrite) as stage:
@@ -121,7 +127,7 @@ def export(model: torch.nn.Module, example_inputs: tuple, output: str | os.PathL
             if dump_ir:
                 write_ir_dump(graph, dump_ir)
             manifest = finish_manifest(stage, manifest)
-    return ExportResult(Path(output), manifest, graph)
+    return ExportResult(Path(output), manifest, graph, report)
 
 
 def detection_parity(expected: list[dict], actual: list[dict]) -> dict:
