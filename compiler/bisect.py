@@ -9,7 +9,10 @@ tolerance is reported with its op, module scope, source line, the IR around it
 and the error figures. Every node before it agreed, so its inputs agree too: the
 report also runs the IR op itself on the ONNX model's own input values, which
 tells a wrong lowering (the op disagrees even on the same inputs) from a node
-that only amplifies float noise (a tie broken the other way in sort/topk/NMS).
+that only amplifies float noise (a tie broken the other way in sort/topk/NMS);
+after mere noise the comparison goes on to find the first wrong lowering.
+It keeps every top-level value of both runs in memory: meant for tiny models and
+small inputs, which are enough to show a lowering bug.
 """
 from __future__ import annotations
 
@@ -189,13 +192,15 @@ def _run_exposed(model: onnx.ModelProto, exposed: Sequence[str], inputs: Sequenc
     """Run ``model`` with every name in ``exposed`` as an extra output (each through an
     Identity, so graph inputs, initializers and existing outputs are exposed alike)."""
     import onnxruntime
-    known = {v.name: v.type for v in onnx.shape_inference.infer_shapes(model).graph.value_info}
-    known.update({v.name: v.type for v in (*model.graph.input, *model.graph.output)})
-    for init in model.graph.initializer:
-        known.setdefault(init.name, helper.make_tensor_type_proto(init.data_type, None))
+    # Element types only: inferred shapes would be declarations ORT checks for nothing.
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    elem = {v.name: v.type.tensor_type.elem_type for v in (*inferred.value_info, *model.graph.input,
+                                                            *model.graph.output)}
+    elem.update({t.name: t.data_type for t in model.graph.initializer})
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
-    taken = {n for node in probe.graph.node for n in node.output} | {v.name for v in probe.graph.input}
+    taken = ({n for node in probe.graph.node for n in node.output} | {v.name for v in probe.graph.input}
+             | {t.name for t in probe.graph.initializer})
     outs = []
     for k, name in enumerate(exposed):
         out = f"bisect_{k}"
@@ -204,8 +209,8 @@ def _run_exposed(model: onnx.ModelProto, exposed: Sequence[str], inputs: Sequenc
         probe.graph.node.append(helper.make_node("Identity", [name], [out], name=f"bisect_Identity_{k}"))
         info = onnx.ValueInfoProto()
         info.name = out
-        if name in known:
-            info.type.CopyFrom(known[name])
+        if elem.get(name):
+            info.type.CopyFrom(helper.make_tensor_type_proto(elem[name], None))
         probe.graph.output.append(info)
         outs.append(out)
     session = onnxruntime.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
