@@ -218,7 +218,7 @@ def cmd_verify(args) -> int:
     if not args.model:
         raise DexportError(f"{args.artifact}: the manifest does not record which model was exported",
                            hint="pass --model zoo:NAME or package.module:factory (or re-export with this dexport)")
-    progress = Progress(2)
+    progress = Progress(3 if args.bisect else 2)
     with progress.step(f"loading {args.artifact} and rebuilding {args.model}"):
         loaded = dexport.load(args.artifact)
         made = load_model(args.model)
@@ -230,9 +230,23 @@ def cmd_verify(args) -> int:
         Path(args.json).write_text(report.to_json(), encoding="utf-8")
     print(report.format_table())
     ok = report.ok
+    if args.bisect:
+        ok &= _bisect(args, made, model, inputs[0], progress)
     if args.run_eval:
         ok &= _run_eval(args, model, loaded)
     return 0 if ok else 1
+
+
+def _bisect(args, made, model, inputs, progress) -> bool:
+    """Re-capture the model as export did and name the first IR node whose ONNX value
+    diverges from the IR interpreter on ``inputs``; False when a lowering is wrong."""
+    from dexport.bisect import bisect_artifact
+    example = made[1] if isinstance(made, tuple) else None
+    with progress.step("re-capturing and comparing ONNX with the IR interpreter node by node"):
+        report = bisect_artifact(args.artifact, model, inputs, example_inputs=example,
+                                 capture_size=args.capture_size)
+    print(report)
+    return report.wrong_lowering is None
 
 
 def _add_tolerance_flags(p) -> None:
@@ -365,6 +379,11 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--sizes", default="96,160", help="image sizes, comma separated (default 96,160)")
     v.add_argument("--batch", default="1,2,3", help="batch sizes to cycle through (default 1,2,3)")
     v.add_argument("--json", metavar="OUT", help="write the full report as json to OUT")
+    v.add_argument("--bisect", action="store_true",
+                   help="also re-capture the model and name the first IR node whose ONNX value diverges "
+                        "from the IR interpreter on the first held-out input (op, scope, source, IR around it)")
+    v.add_argument("--capture-size", type=int, default=128,
+                   help="image size a detector is re-captured at for --bisect (default 128, as export's --size)")
     v.add_argument("--atol", type=float, default=1e-4, help="max abs diff accepted for non-detection models")
     _add_tolerance_flags(v)
     _add_eval_flags(v)

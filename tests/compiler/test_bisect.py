@@ -208,3 +208,28 @@ def test_bisect_artifact_recaptures_with_the_manifest_settings(tmp_path, lowerin
     assert report.divergence.op == "aten::linear" and report.divergence.scope == "head"
     with pytest.raises(DexportError, match="captured with"):
         bisect_artifact(tmp_path / "art", model, tuple(held_out()))
+
+
+def small_factory():
+    """A `package.module:factory` for the CLI: (model, example_inputs, [check_inputs])."""
+    torch.manual_seed(0)
+    return Small().eval(), (torch.randn(2, 3, 8, 8),), [tuple(held_out())]
+
+
+def test_cli_verify_bisect(tmp_path, lowerings, capsys):
+    """`dexport verify ART --bisect`: nothing to report on a good artifact; on one
+    exported with a broken lowering, verification fails and bisection names the node."""
+    from dexport.cli import main
+    spec = "tests.compiler.test_bisect:small_factory"
+    assert main(["export", "--model", spec, "--output", str(tmp_path / "good")]) == 0
+    capsys.readouterr()
+    assert main(["verify", str(tmp_path / "good"), "--bisect"]) == 0
+    assert "no divergence: all 12 node outputs" in capsys.readouterr().out
+
+    lowerings("aten::linear", plus_half)
+    assert main(["export", "--model", spec, "--output", str(tmp_path / "bad")]) == 1
+    capsys.readouterr()
+    assert main(["verify", str(tmp_path / "bad"), "--bisect"]) == 1
+    out = capsys.readouterr().out
+    assert "output 0 of aten::linear" in out and "scope:  head" in out
+    assert "the ONNX lowering of aten::linear is wrong" in out
