@@ -111,7 +111,7 @@ def cmd_export(args) -> int:
             print(f"  {op} x{count}: {where}")
         return 1
     result = export(model, example, args.output, format=args.format, method=args.method,
-                    opset=args.opset, simplify=args.simplify, dump_ir=args.dump_ir,
+                    opset=args.opset, batch=args.batch if args.batch == "dynamic" else int(args.batch), simplify=args.simplify, dump_ir=args.dump_ir,
                     overwrite=args.overwrite, check_inputs=checks, tolerances=_tolerances(args),
                     model_spec=args.model, progress=progress)
     print(f"exported {args.model} to {result.directory}/model.onnx "

@@ -54,8 +54,31 @@ def _versions() -> dict:
     return {d: version(d) for d in ("dexport", "torch", "onnx", "onnxruntime")}
 
 
+def probe_batches(batched_inputs: list[dict], batch: str | int) -> list[tuple]:
+    """Two more inputs for differential capture, made from the example images resized:
+    other batch sizes (unless the batch is fixed) and other heights and widths, each
+    varied on its own so every size the trace baked in can be told apart. They also ask
+    for results at another size ("height"/"width"), so sizes that follow the requested
+    output size are not mistaken for the input's."""
+    import torch.nn.functional as F
+
+    def resized(count: int, dh: int, dw: int) -> list[dict]:
+        out = []
+        for k in range(count):
+            image = batched_inputs[k % len(batched_inputs)]["image"]
+            h, w = image.shape[-2:]
+            out.append({"image": F.interpolate(image[None], size=(h + dh, w + dw), mode="bilinear",
+                                               align_corners=False)[0],
+                        "height": h + dh + 24, "width": w + dw - 8})
+        return out
+
+    n = len(batched_inputs)
+    counts = (n, n) if batch != "dynamic" else (n + 1, n + 2)
+    return [(resized(counts[0], 32, 64),), (resized(counts[1], 64, 32),)]
+
+
 def export(model: torch.nn.Module, example_inputs: tuple, output: str | os.PathLike, *,
-           format: str = "onnx", method: str = "tracing", opset: int = 17,
+           format: str = "onnx", method: str = "tracing", opset: int = 17, batch: str | int = "dynamic",
            pipeline: str = DEFAULT_PIPELINE, simplify: bool = False,
            dump_ir: str | os.PathLike | None = None, overwrite: bool = False,
            check_inputs: Sequence[tuple] = (), parity: Callable[[Any, Any], dict] | None = None,
@@ -69,7 +92,9 @@ def export(model: torch.nn.Module, example_inputs: tuple, output: str | os.PathL
     ``verification`` and into the result. ``parity(eager_out, exported_out) -> dict``,
     if given, adds one more summary per input as the manifest's ``parity`` list.
     ``model_spec`` (``zoo:NAME`` or ``package.module:factory``) is recorded so that
-    ``dexport verify`` can rebuild the eager model. ``progress`` is a
+    ``dexport verify`` can rebuild the eager model. For a detector, ``batch="dynamic"``
+    makes one artifact for every batch size (differential capture on two probe batches,
+    then ``fix-batch-dim``); an int fixes the batch to the example's size. ``progress`` is a
     ``dexport.cli.Progress``-like object with a ``step(text)`` context manager (None: silent)."""
     from dexport.backends import onnx as onnx_backend
     from dexport.loader import load_onnx_bytes
@@ -81,13 +106,22 @@ def export(model: torch.nn.Module, example_inputs: tuple, output: str | os.PathL
     kind = io_kind_of(model)
     model.eval()
 
-    with step(f"capturing by {method}"):
-        if kind == "detection":
-            from dexport.models.batched import stack_inputs
-            images, image_sizes, output_sizes, _ = stack_inputs(example_inputs[0], "cpu")
-            graph = capture(model, (images, image_sizes, output_sizes), method=method,
-                            inference_func=lambda m, *args: m.forward_batched(*args))
-        else:
+    if batch != "dynamic" and (kind != "detection" or int(batch) != len(example_inputs[0])):
+        raise DexportError(f"batch={batch!r} needs a detector captured on exactly that many images",
+                           hint="pass that many example images, or batch='dynamic'")
+    if kind == "detection":
+        from dexport.models.batched import stack_inputs
+
+        def as_batched(inputs: tuple) -> tuple:
+            return tuple(stack_inputs(inputs[0], "cpu")[:3])
+
+        with step(f"capturing by {method} (and on 2 probe batches to find size-dependent values)"):
+            graph = capture(model, as_batched(example_inputs), method=method,
+                            inference_func=lambda m, *args: m.forward_batched(*args),
+                            probe_inputs=[as_batched(p) for p in probe_batches(example_inputs[0], batch)])
+        pipeline = f"fix-batch-dim{{batch={batch}}}," + pipeline
+    else:
+        with step(f"capturing by {method}"):
             graph = capture(model, example_inputs, method=method)
     with step(f"running passes {pipeline!r}"):
         PassManager(pipeline, verify_each=True,
@@ -102,7 +136,7 @@ def export(model: torch.nn.Module, example_inputs: tuple, output: str | os.PathL
 
     manifest = {
         "model": model_spec,
-        "format": format, "method": method, "io": kind, "opset": opset,
+        "format": format, "method": method, "io": kind, "opset": opset, "batch": batch,
         "versions": _versions(), "pipeline": pipeline, "simplified": bool(simplify),
         "model_file": "model.onnx",
         "input_schema": graph.input_schema.to_json() if graph.input_schema else None,

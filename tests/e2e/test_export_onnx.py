@@ -59,7 +59,7 @@ def test_artifact_contents(mask_rcnn_artifact):
     assert sorted(p.name for p in mask_rcnn_artifact.iterdir()) == [MANIFEST, "model.onnx"]
     assert manifest["format"] == "onnx" and manifest["io"] == "detection" and manifest["opset"] == 17
     assert manifest["versions"]["torch"] == torch.__version__
-    assert all(report["same_counts"] for report in manifest["parity"])
+    assert manifest["verification"]["ok"] and manifest["model"] == "zoo:mask_rcnn_tiny"
     images_dims = manifest["inputs"][0]["shape"]
     assert len(images_dims) == 4 and all(isinstance(d, str) for d in images_dims[:1] + images_dims[2:])
 
@@ -159,3 +159,14 @@ def test_cli_check_mode_and_errors(tmp_path, capsys):
     assert main(["export", "--model", "zoo:faster_rcnn_tiny", "--output", str(tmp_path / "a"), "--size", "64"]) == 0
     assert main(["export", "--model", "zoo:faster_rcnn_tiny", "--output", str(tmp_path / "a"), "--size", "64"]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_requested_output_sizes_and_named_dims(mask_rcnn_artifact):
+    manifest = json.loads((mask_rcnn_artifact / MANIFEST).read_text())
+    dims = {io["name"]: io["shape"] for io in manifest["inputs"] + manifest["outputs"]}
+    assert dims["images"][0] == "N" and dims["images"][2:] == ["H", "W"] and dims["counts"] == ["N"]
+    assert dims["masks"][1:] != ["H", "W"]  # the canvas follows the requested output size
+    inputs = images(2, 96, seed=21)
+    inputs[0].update(height=150, width=120)
+    inputs[1].update(height=60, width=48)
+    assert_matches_eager(zoo.get("mask_rcnn_tiny"), dexport.load(mask_rcnn_artifact), inputs)
