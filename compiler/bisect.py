@@ -321,21 +321,27 @@ def _local_check(d: Divergence, expected: dict, actual: dict, atol: float,
 # --------------------------------------------------------------------------- models and artifacts
 
 def capture_like_export(model: torch.nn.Module, example_inputs: tuple, *, method: str = "tracing",
-                        pipeline: str | None = None) -> Graph:
+                        batch: str | int = "dynamic", pipeline: str | None = None) -> Graph:
     """The graph ``dexport.export`` emits for ``model``: captured the same way (a
-    detector through ``forward_batched``) and run through the same pass pipeline."""
+    detector through ``forward_batched``, with the driver's probe batches so that
+    ``fix-batch-dim`` can make the batch dynamic) and run through ``pipeline`` (an
+    artifact's manifest records the full one, ``fix-batch-dim`` included)."""
     from dexport.capture import capture
-    from dexport.driver import DEFAULT_PIPELINE, io_kind_of
+    from dexport.driver import DEFAULT_PIPELINE, io_kind_of, probe_batches
     from dexport.passes import PassManager
 
     model.eval()
+    detection = io_kind_of(model) == "detection"
+    if pipeline is None:
+        pipeline = (f"fix-batch-dim{{batch={batch}}}," if detection else "") + DEFAULT_PIPELINE
     with torch.no_grad():
-        if io_kind_of(model) == "detection":
+        if detection:
+            probes = [detection_inputs(p) for p in probe_batches(example_inputs[0], batch)]
             graph = capture(model, detection_inputs(example_inputs), method=method,
-                            inference_func=lambda m, *args: m.forward_batched(*args))
+                            inference_func=lambda m, *args: m.forward_batched(*args), probe_inputs=probes)
         else:
             graph = capture(model, example_inputs, method=method)
-    PassManager(pipeline or DEFAULT_PIPELINE, verify_each=True).run(graph)
+    PassManager(pipeline, verify_each=True).run(graph)
     return graph
 
 
@@ -354,12 +360,13 @@ def flat_inputs(graph: Graph, model: torch.nn.Module, model_inputs: tuple) -> li
 
 
 def bisect_model(model: torch.nn.Module, example_inputs: tuple, check_inputs: tuple, *,
-                 method: str = "tracing", pipeline: str | None = None, opset: int = 17,
+                 method: str = "tracing", batch: str | int = "dynamic", pipeline: str | None = None,
+                 opset: int = 17,
                  atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL) -> DivergenceReport:
     """Capture ``model`` on ``example_inputs`` as export does and bisect its ONNX
     emission on ``check_inputs`` (the model's own call arguments, best not those of
     the capture)."""
-    graph = capture_like_export(model, example_inputs, method=method, pipeline=pipeline)
+    graph = capture_like_export(model, example_inputs, method=method, batch=batch, pipeline=pipeline)
     return bisect(graph, flat_inputs(graph, model, check_inputs), opset=opset, atol=atol, rtol=rtol)
 
 
@@ -368,23 +375,26 @@ def bisect_artifact(directory: str | os.PathLike, model: torch.nn.Module, check_
                     atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL) -> DivergenceReport:
     """Bisect an artifact's model on ``check_inputs`` (the model's own call arguments).
     An artifact holds ONNX, not the IR, so the eager ``model`` is re-captured with the
-    manifest's method, pipeline and opset, on ``example_inputs`` or, for a detector,
-    on one synthetic image of ``capture_size`` pixels as ``dexport export`` captures.
+    manifest's method, batch, pipeline and opset, on ``example_inputs`` or, for a
+    detector, on synthetic images of ``capture_size`` pixels (as many as a fixed batch
+    has), as ``dexport export`` captures.
     What is bisected is that emission before any ``--simplify``."""
     from dexport.artifacts import read_manifest
     manifest = read_manifest(Path(directory))
     if manifest.get("format") != "onnx":
         raise DexportError(f"{directory}: only ONNX artifacts can be bisected (format "
                            f"{manifest.get('format')!r})")
+    batch = manifest.get("batch", "dynamic")
     if example_inputs is None:
         if manifest.get("io") != "detection":
             raise DexportError(f"{directory}: bisecting a non-detector needs the inputs it was captured with",
                                hint="pass example_inputs (a factory returns (model, example_inputs, checks))")
         from dexport.models.data import ShapesDataset
-        example_inputs = ([{"image": ShapesDataset("val", num_images=1, seed=0,
-                                                   image_size=capture_size)[0]["image"]}],)
+        data = ShapesDataset("val", num_images=1 if batch == "dynamic" else int(batch), seed=0,
+                             image_size=capture_size)
+        example_inputs = ([{"image": data[i]["image"]} for i in range(len(data))],)
     return bisect_model(model, example_inputs, check_inputs, method=manifest.get("method", "tracing"),
-                        pipeline=manifest.get("pipeline"), opset=manifest.get("opset", 17),
+                        batch=batch, pipeline=manifest.get("pipeline"), opset=manifest.get("opset", 17),
                         atol=atol, rtol=rtol)
 
 

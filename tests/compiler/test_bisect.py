@@ -233,3 +233,16 @@ def test_cli_verify_bisect(tmp_path, lowerings, capsys):
     out = capsys.readouterr().out
     assert "output 0 of aten::linear" in out and "scope:  head" in out
     assert "the ONNX lowering of aten::linear is wrong" in out
+
+
+@pytest.mark.slow
+def test_cli_verify_bisect_on_a_broken_detector_artifact(tmp_path, lowerings, capsys):
+    from dexport.cli import main
+    lowerings("dexport::roi_align", plus_half)
+    art = str(tmp_path / "mask_rcnn")
+    assert main(["export", "--model", "zoo:mask_rcnn_tiny", "--output", art, "--size", "64"]) == 1
+    capsys.readouterr()
+    assert main(["verify", art, "--bisect", "--capture-size", "64", "--images", "2", "--sizes", "96"]) == 1
+    out = capsys.readouterr().out
+    assert "MISMATCH" in out and "output 0 of dexport::roi_align" in out
+    assert "scope:  roi_heads.box_pooler" in out and "lowering of dexport::roi_align is wrong" in out
