@@ -213,9 +213,14 @@ def _run_exposed(model: onnx.ModelProto, exposed: Sequence[str], inputs: Sequenc
             info.type.CopyFrom(helper.make_tensor_type_proto(elem[name], None))
         probe.graph.output.append(info)
         outs.append(out)
-    session = onnxruntime.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-    feed = {info.name: _numpy(x) for info, x in zip(session.get_inputs(), inputs)}
-    return session.run(outs, feed)
+    try:
+        session = onnxruntime.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+        feed = {info.name: _numpy(x) for info, x in zip(session.get_inputs(), inputs)}
+        return session.run(outs, feed)
+    except Exception as err:  # onnxruntime raises its own exception types, all of them fatal here
+        raise DexportError(f"onnxruntime cannot run the emitted model, so there is nothing to compare: {err}",
+                           hint="the failing ONNX node is named '<module scope>/<OpType>_<k>'; its lowering "
+                                "emits a graph that fails at run time on these inputs") from None
 
 
 def _numpy(x: Any) -> np.ndarray:

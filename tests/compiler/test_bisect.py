@@ -246,3 +246,16 @@ def test_cli_verify_bisect_on_a_broken_detector_artifact(tmp_path, lowerings, ca
     out = capsys.readouterr().out
     assert "MISMATCH" in out and "output 0 of dexport::roi_align" in out
     assert "scope:  roi_heads.box_pooler" in out and "lowering of dexport::roi_align is wrong" in out
+
+
+def test_an_onnx_model_that_fails_to_run_is_a_dexport_error(lowerings):
+    from dexport.ir.errors import DexportError
+
+    class Relu(torch.nn.Module):
+        def forward(self, x):
+            return x.relu()
+    lowerings("aten::relu", lambda ctx, node, out: [ctx.op("Reshape", out[0], ctx.int64([7, -1]))])
+    graph = dexport.capture(Relu(), (torch.randn(2, 3),))
+    with pytest.raises(DexportError, match="onnxruntime cannot run the emitted model") as err:
+        bisect(graph, [torch.randn(4, 3)])
+    assert "Reshape" in str(err.value)
