@@ -327,40 +327,22 @@ def _local_check(d: Divergence, expected: dict, actual: dict, atol: float,
 
 def capture_like_export(model: torch.nn.Module, example_inputs: tuple, *, method: str = "tracing",
                         batch: str | int = "dynamic", pipeline: str | None = None) -> Graph:
-    """The graph ``dexport.export`` emits for ``model``: captured the same way (a
-    detector through ``forward_batched``, with the driver's probe batches so that
-    ``fix-batch-dim`` can make the batch dynamic) and run through ``pipeline`` (an
-    artifact's manifest records the full one, ``fix-batch-dim`` included)."""
-    from dexport.capture import capture
-    from dexport.driver import DEFAULT_PIPELINE, io_kind_of, probe_batches
-    from dexport.passes import PassManager
+    """The graph ``dexport.export`` emits for ``model`` (``dexport.driver.build_graph``).
+    ``pipeline`` is an artifact manifest's full one, ``fix-batch-dim`` included, which
+    the driver adds itself: it is taken apart again here."""
+    from dexport.driver import DEFAULT_PIPELINE, build_graph
 
-    model.eval()
-    detection = io_kind_of(model) == "detection"
-    if pipeline is None:
-        pipeline = (f"fix-batch-dim{{batch={batch}}}," if detection else "") + DEFAULT_PIPELINE
-    with torch.no_grad():
-        if detection:
-            probes = [detection_inputs(p) for p in probe_batches(example_inputs[0], batch)]
-            graph = capture(model, detection_inputs(example_inputs), method=method,
-                            inference_func=lambda m, *args: m.forward_batched(*args), probe_inputs=probes)
-        else:
-            graph = capture(model, example_inputs, method=method)
-    PassManager(pipeline, verify_each=True).run(graph)
-    return graph
-
-
-def detection_inputs(model_inputs: tuple) -> tuple:
-    """The zoo's list-of-dicts inputs as the batched graph's flat inputs."""
-    from dexport.models.batched import stack_inputs
-    return tuple(stack_inputs(model_inputs[0], "cpu")[:3])
+    if pipeline is not None and pipeline.startswith("fix-batch-dim"):
+        pipeline = pipeline.partition(",")[2]
+    return build_graph(model, example_inputs, method=method, batch=batch,
+                       pipeline=pipeline or DEFAULT_PIPELINE)[0]
 
 
 def flat_inputs(graph: Graph, model: torch.nn.Module, model_inputs: tuple) -> list:
     """``model_inputs`` (the model's own call arguments) as ``graph``'s flat inputs."""
-    from dexport.driver import io_kind_of
+    from dexport.driver import batched_inputs, io_kind_of
     if io_kind_of(model) == "detection":
-        return list(detection_inputs(model_inputs))
+        return list(batched_inputs(model_inputs))
     return graph.input_schema.flatten(model_inputs)
 
 
@@ -404,4 +386,4 @@ def bisect_artifact(directory: str | os.PathLike, model: torch.nn.Module, check_
 
 
 __all__ = ["DEFAULT_ATOL", "DEFAULT_RTOL", "Divergence", "DivergenceReport", "bisect", "bisect_artifact",
-           "bisect_model", "capture_like_export", "detection_inputs", "flat_inputs"]
+           "bisect_model", "capture_like_export", "flat_inputs"]

@@ -77,6 +77,42 @@ def probe_batches(batched_inputs: list[dict], batch: str | int) -> list[tuple]:
     return [(resized(counts[0], 32, 64),), (resized(counts[1], 64, 32),)]
 
 
+def batched_inputs(model_inputs: tuple) -> tuple:
+    """A detector's list-of-dicts call arguments as its batched graph's inputs
+    (images, image_sizes, output_sizes)."""
+    from dexport.models.batched import stack_inputs
+    return tuple(stack_inputs(model_inputs[0], "cpu")[:3])
+
+
+def build_graph(model: torch.nn.Module, example_inputs: tuple, *, method: str = "tracing",
+                batch: str | int = "dynamic", pipeline: str = DEFAULT_PIPELINE,
+                dump_dir: str | os.PathLike | None = None, step=None) -> tuple[Graph, str]:
+    """The graph an export emits, and the full pipeline that made it: a detector is
+    captured through ``forward_batched`` on the example and two probe batches, and
+    ``fix-batch-dim`` runs first; any other model is captured as it is called."""
+    from dexport.passes import PassManager
+
+    step = step or _silent_step
+    model.eval()
+    detection = io_kind_of(model) == "detection"
+    if batch != "dynamic" and (not detection or int(batch) != len(example_inputs[0])):
+        raise DexportError(f"batch={batch!r} needs a detector captured on exactly that many images",
+                           hint="pass that many example images, or batch='dynamic'")
+    with torch.no_grad():
+        if detection:
+            with step(f"capturing by {method} (and on 2 probe batches to find size-dependent values)"):
+                graph = capture(model, batched_inputs(example_inputs), method=method,
+                                inference_func=lambda m, *args: m.forward_batched(*args),
+                                probe_inputs=[batched_inputs(p) for p in probe_batches(example_inputs[0], batch)])
+            pipeline = f"fix-batch-dim{{batch={batch}}}," + pipeline
+        else:
+            with step(f"capturing by {method}"):
+                graph = capture(model, example_inputs, method=method)
+    with step(f"running passes {pipeline!r}"):
+        PassManager(pipeline, verify_each=True, dump_dir=dump_dir).run(graph)
+    return graph, pipeline
+
+
 def export(model: torch.nn.Module, example_inputs: tuple, output: str | os.PathLike, *,
            format: str = "onnx", method: str = "tracing", opset: int = 17, batch: str | int = "dynamic",
            pipeline: str = DEFAULT_PIPELINE, simplify: bool = False,
@@ -98,34 +134,13 @@ def export(model: torch.nn.Module, example_inputs: tuple, output: str | os.PathL
     ``dexport.cli.Progress``-like object with a ``step(text)`` context manager (None: silent)."""
     from dexport.backends import onnx as onnx_backend
     from dexport.loader import load_onnx_bytes
-    from dexport.passes import PassManager
 
     if format not in FORMATS:
         raise DexportError(f"format {format!r} is not available", hint=f"use one of {list(FORMATS)}")
     step = progress.step if progress is not None else _silent_step
     kind = io_kind_of(model)
-    model.eval()
-
-    if batch != "dynamic" and (kind != "detection" or int(batch) != len(example_inputs[0])):
-        raise DexportError(f"batch={batch!r} needs a detector captured on exactly that many images",
-                           hint="pass that many example images, or batch='dynamic'")
-    if kind == "detection":
-        from dexport.models.batched import stack_inputs
-
-        def as_batched(inputs: tuple) -> tuple:
-            return tuple(stack_inputs(inputs[0], "cpu")[:3])
-
-        with step(f"capturing by {method} (and on 2 probe batches to find size-dependent values)"):
-            graph = capture(model, as_batched(example_inputs), method=method,
-                            inference_func=lambda m, *args: m.forward_batched(*args),
-                            probe_inputs=[as_batched(p) for p in probe_batches(example_inputs[0], batch)])
-        pipeline = f"fix-batch-dim{{batch={batch}}}," + pipeline
-    else:
-        with step(f"capturing by {method}"):
-            graph = capture(model, example_inputs, method=method)
-    with step(f"running passes {pipeline!r}"):
-        PassManager(pipeline, verify_each=True,
-                    dump_dir=Path(dump_ir) / "passes" if dump_ir else None).run(graph)
+    graph, pipeline = build_graph(model, example_inputs, method=method, batch=batch, pipeline=pipeline,
+                                  dump_dir=Path(dump_ir) / "passes" if dump_ir else None, step=step)
     with step(f"emitting ONNX (opset {opset})"):
         input_names, output_names = _io_names(graph, kind)
         proto = onnx_backend.emit_onnx(graph, opset=opset, input_names=input_names,

@@ -44,7 +44,8 @@ class LoadedModel:
             raise DexportError(f"the exported graph takes {len(self.input_names)} tensors, got {len(flat_inputs)}",
                                hint="call the loaded model with the model's own inputs instead")
         feed = {name: _to_numpy(x) for name, x in zip(self.input_names, flat_inputs)}
-        return [torch.from_numpy(np.ascontiguousarray(o)) for o in self.session.run(None, feed)]
+        # np.require keeps 0-d outputs 0-d (np.ascontiguousarray would make them [1]).
+        return [torch.from_numpy(np.require(o, requirements="C")) for o in self.session.run(None, feed)]
 
     def __call__(self, *inputs) -> Any:
         if self.io == "detection":

@@ -140,7 +140,7 @@ def test_structured_model_round_trips_through_load(tmp_path):
 
         def forward(self, batch):
             y = self.conv(batch["x"]).relu()
-            return {"mean": y.mean((2, 3)), "maps": [y, y * 2]}
+            return {"mean": y.mean((2, 3)), "maps": [y, y * 2], "total": y.sum()}
 
     model = TwoHeads().eval()
     dexport.export(model, ({"x": torch.randn(1, 3, 16, 16)},), tmp_path / "m")
@@ -149,6 +149,8 @@ def test_structured_model_round_trips_through_load(tmp_path):
     got, want = loaded(other), model(other)
     torch.testing.assert_close(got["maps"][1], want["maps"][1], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got["mean"], want["mean"], rtol=1e-5, atol=1e-5)
+    assert got["total"].shape == ()  # 0-d outputs stay 0-d
+    torch.testing.assert_close(got["total"], want["total"], rtol=1e-4, atol=1e-3)
 
 
 def test_cli_check_mode_and_errors(tmp_path, capsys):
