@@ -281,7 +281,7 @@ def compare_model(name: str, *, size: int = 512, threads: int = 2, runs: int = 1
                   exporters=EXPORTERS, profile: bool = True, weights="default", log=print) -> dict:
     """Every measurement for one zoo model (see the module doc); a JSON-ready dict."""
     from dexport.cli import sample_images
-    from dexport.driver import detection_parity, detection_parity_ok
+    from dexport.verification import compare_outputs
     from dexport.loader import detection_results
     from dexport.models import zoo
     from dexport.models.batched import stack_inputs
@@ -341,8 +341,8 @@ def compare_model(name: str, *, size: int = 512, threads: int = 2, runs: int = 1
             feed = {i.name: a for i, a in zip(session.get_inputs(), feed_arrays)}
             raw = session.run(None, feed)
             outputs = {k: torch.from_numpy(v) for k, v in zip(keys, raw)}
-            report = detection_parity(expected, detection_results(outputs, sizes.outputs))
-            entry.update(parity=report, parity_ok=detection_parity_ok(report))
+            report = compare_outputs(expected, detection_results(outputs, sizes.outputs))
+            entry.update(parity=report.summary(), parity_ok=report.ok)
             entry.update(timed(exporter, lambda: session.run(None, feed)))
             if profile and exporter == "dexport":
                 entry["op_profile"] = op_profile(model_bytes, feed, threads)
@@ -384,10 +384,7 @@ def to_markdown(results: list[dict]) -> str:
                 reason = " / ".join([*e.get("traceback_tail", [])[:1], e["error"]])
                 lines.append(f"| {e['exporter']} | {done} | failed | | | {_cell(reason)} |")
                 continue
-            p = e["parity"]
-            parity = ("ok" if e["parity_ok"] else "MISMATCH") + (
-                f" (counts {[c[1] for c in p['counts']]} vs {[c[0] for c in p['counts']]}, box "
-                f"{p['max_box_error_rel']:.0e}, score {p['max_score_error']:.0e}, mask IoU {p['min_mask_iou']:.3f})")
+            parity = e["parity"]
             lines.append(f"| {e['exporter']} | {e['export_s']:.1f} | {e['onnx_nodes']} | {e['file_mb']:.1f} | "
                          f"{_ms(e)} | {e['median_ms'] / eager:.2f}x | {e['median_ms'] / floor:.2f}x | {parity} |")
         lines += ["", PARITY_NOTE, "", *_targets(r), *_profiles(r), ""]

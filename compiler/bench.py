@@ -19,6 +19,8 @@ Entries for a detector (a model with ``forward_batched``):
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import json
 import os
 import platform
@@ -97,14 +99,15 @@ def bench(model: torch.nn.Module, *, name: str, artifacts=(), size: int = 512, b
     ``dexport export`` it into a temporary directory first) on ``batch`` synthetic images
     of ``size``×``size``. Returns the results as a JSON-ready dict (see module doc)."""
     from dexport.cli import sample_images
-    from dexport.driver import detection_parity, detection_parity_ok, export, io_kind_of
+    from dexport.driver import export, io_kind_of
     from dexport.loader import detection_results, load
     from dexport.models.batched import stack_inputs
+    from dexport.verification import compare_outputs
 
     if io_kind_of(model) != "detection":
         raise DexportError(f"{name} has no forward_batched: dexport bench times zoo-style detectors",
                            hint="use a zoo:NAME model or a factory returning a detector")
-    step = progress.step if progress is not None else _silent
+    step = progress.step if progress is not None else (lambda text: nullcontext())
     model.eval()
     torch.set_num_threads(threads)
     load_before = os.getloadavg()
@@ -136,12 +139,12 @@ def bench(model: torch.nn.Module, *, name: str, artifacts=(), size: int = 512, b
             session = loaded.session
             raw = session.run(None, feed)
             outputs = loaded.output_schema.rebuild([torch.from_numpy(o) for o in raw])
-            report = detection_parity(expected, detection_results(outputs, sizes.outputs))
+            report = compare_outputs(expected, detection_results(outputs, sizes.outputs))
             label = f"onnxruntime {directory.name}" + (" (simplified)" if loaded.manifest.get("simplified") else "")
             model_bytes = (directory / loaded.manifest["model_file"]).read_bytes()
             extra = {"artifact": str(directory) if artifacts else "(exported by bench)",
                      "onnx_nodes": onnx_node_count(model_bytes), "file_mb": len(model_bytes) / 1e6,
-                     "parity": report, "parity_ok": detection_parity_ok(report)}
+                     "parity": report.summary(), "parity_ok": report.ok}
             if not artifacts:
                 extra["export_s"] = export_s
             timed(label, lambda s=session: s.run(None, feed), **extra)
@@ -204,17 +207,6 @@ def write_results(result: dict, json_path=None, md_path=None) -> None:
     if md_path:
         Path(md_path).parent.mkdir(parents=True, exist_ok=True)
         Path(md_path).write_text(to_markdown(result))
-
-
-class _silent:
-    def __init__(self, text: str):
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 __all__ = ["BASELINE", "backbone_floor", "bench", "latency", "machine_info", "onnx_node_count",

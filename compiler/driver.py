@@ -1,4 +1,4 @@
-"""The export driver: capture -> passes -> emit -> parity check -> artifact.
+"""The export driver: capture -> passes -> emit -> verification -> artifact.
 
 Two ways a model's inputs and outputs reach the emitted graph:
 
@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -92,7 +93,7 @@ def build_graph(model: torch.nn.Module, example_inputs: tuple, *, method: str = 
     ``fix-batch-dim`` runs first; any other model is captured as it is called."""
     from dexport.passes import PassManager
 
-    step = step or _silent_step
+    step = step or (lambda text: nullcontext())
     model.eval()
     detection = io_kind_of(model) == "detection"
     if batch != "dynamic" and (not detection or int(batch) != len(example_inputs[0])):
@@ -117,16 +118,14 @@ def export(model: torch.nn.Module, example_inputs: tuple, output: str | os.PathL
            format: str = "onnx", method: str = "tracing", opset: int = 17, batch: str | int = "dynamic",
            pipeline: str = DEFAULT_PIPELINE, simplify: bool = False,
            dump_ir: str | os.PathLike | None = None, overwrite: bool = False,
-           check_inputs: Sequence[tuple] = (), parity: Callable[[Any, Any], dict] | None = None,
-           tolerances=None, model_spec: str | None = None, progress=None) -> ExportResult:
+           check_inputs: Sequence[tuple] = (), tolerances=None, model_spec: str | None = None, progress=None) -> ExportResult:
     """Export ``model`` (called as ``model(*example_inputs)``) into the artifact
     directory ``output``, written atomically.
 
     ``check_inputs``: more input tuples, not used for capture, on which the artifact is
     compared with eager PyTorch by ``dexport.verification.verify`` (detections matched
     per image; ``tolerances``: a ``Tolerances``); the report goes into the manifest as
-    ``verification`` and into the result. ``parity(eager_out, exported_out) -> dict``,
-    if given, adds one more summary per input as the manifest's ``parity`` list.
+    ``verification`` and into the result.
     ``model_spec`` (``zoo:NAME`` or ``package.module:factory``) is recorded so that
     ``dexport verify`` can rebuild the eager model. For a detector, ``batch="dynamic"``
     makes one artifact for every batch size (differential capture on two probe batches,
@@ -137,7 +136,7 @@ def export(model: torch.nn.Module, example_inputs: tuple, output: str | os.PathL
 
     if format not in FORMATS:
         raise DexportError(f"format {format!r} is not available", hint=f"use one of {list(FORMATS)}")
-    step = progress.step if progress is not None else _silent_step
+    step = progress.step if progress is not None else (lambda text: nullcontext())
     kind = io_kind_of(model)
     graph, pipeline = build_graph(model, example_inputs, method=method, batch=batch, pipeline=pipeline,
                                   dump_dir=Path(dump_ir) / "passes" if dump_ir else None, step=step)
@@ -166,9 +165,6 @@ def export(model: torch.nn.Module, example_inputs: tuple, output: str | os.PathL
             runner = load_onnx_bytes(model_bytes, manifest)
             report = verify(model, runner, check_inputs, tolerances=tolerances)
             manifest["verification"] = report.to_dict()
-            if parity is not None:
-                with torch.no_grad():
-                    manifest["parity"] = [parity(model(*inputs), runner(*inputs)) for inputs in check_inputs]
 
     with step(f"writing {output}"):
         with staging_directory(output, overwrite=overwrite) as stage:
@@ -177,34 +173,6 @@ def export(model: torch.nn.Module, example_inputs: tuple, output: str | os.PathL
                 write_ir_dump(graph, dump_ir)
             manifest = finish_manifest(stage, manifest)
     return ExportResult(Path(output), manifest, graph, report)
-
-
-def detection_parity(expected: list[dict], actual: list[dict]) -> dict:
-    """Eager vs exported detections, image by image (results are compared in their
-    order, best first): detection counts, the largest box error in pixels relative to
-    the image size, the largest score difference and the smallest mask IoU."""
-    counts, box_err, score_err, mask_iou = [], 0.0, 0.0, 1.0
-    for e, a in zip(expected, actual):
-        ie, ia = e["instances"], a["instances"]
-        counts.append([len(ie), len(ia)])
-        if len(ie) != len(ia) or not len(ie):
-            continue
-        size = float(max(ie.image_size))
-        box_err = max(box_err, (ie.pred_boxes.tensor - ia.pred_boxes.tensor).abs().max().item() / size)
-        score_err = max(score_err, (ie.scores - ia.scores).abs().max().item())
-        if ie.has("pred_masks"):
-            me, ma = ie.pred_masks.flatten(1), ia.pred_masks.flatten(1)
-            inter, union = (me & ma).sum(1).double(), (me | ma).sum(1).double()
-            iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
-            mask_iou = min(mask_iou, iou.min().item())
-    return {"counts": counts, "same_counts": all(x == y for x, y in counts),
-            "max_box_error_rel": box_err, "max_score_error": score_err, "min_mask_iou": mask_iou}
-
-
-def detection_parity_ok(report: dict, *, box_tol: float = 1e-3, score_tol: float = 1e-4,
-                        mask_iou: float = 0.99) -> bool:
-    return (report["same_counts"] and report["max_box_error_rel"] <= box_tol
-            and report["max_score_error"] <= score_tol and report["min_mask_iou"] >= mask_iou)
 
 
 DETECTION_INPUTS = ("images", "image_sizes", "output_sizes")
@@ -229,32 +197,5 @@ def _dims(value_info) -> list:
             for d in value_info.type.tensor_type.shape.dim]
 
 
-def max_abs_diff(expected: Any, actual: Any) -> dict:
-    """Largest absolute difference over all output tensors (inf when the structure or
-    a shape differs): the generic parity figure for models that are not detectors."""
-    from dexport.ir.schema import flatten
-    ea, aa = flatten(expected, "eager")[0], flatten(actual, "exported")[0]
-    if len(ea) != len(aa):
-        return {"max_abs_diff": float("inf"), "note": f"{len(ea)} vs {len(aa)} output tensors"}
-    worst = 0.0
-    for x, y in zip(ea, aa):
-        if x.shape != y.shape:
-            return {"max_abs_diff": float("inf"), "note": f"shape {tuple(x.shape)} vs {tuple(y.shape)}"}
-        if x.numel():
-            worst = max(worst, (x.double() - y.double()).abs().max().item())
-    return {"max_abs_diff": worst}
-
-
-class _silent_step:
-    def __init__(self, text: str):
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-__all__ = ["DEFAULT_PIPELINE", "ExportResult", "detection_parity", "detection_parity_ok", "export",
-           "io_kind_of", "max_abs_diff"]
+__all__ = ["DEFAULT_PIPELINE", "ExportResult", "batched_inputs", "build_graph", "export", "io_kind_of",
+           "probe_batches"]
