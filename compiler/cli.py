@@ -96,8 +96,9 @@ def cmd_export(args) -> int:
             where = "; ".join(f"{scope or '<top>'} @ {source or '?'}" for scope, source in places[:3])
             print(f"  {op} x{count}: {where}")
         return 1
+    batch = args.batch if args.batch == "dynamic" else int(args.batch)
     result = export(model, example, args.output, format=args.format, method=args.method,
-                    opset=args.opset, batch=args.batch if args.batch == "dynamic" else int(args.batch), simplify=args.simplify, dump_ir=args.dump_ir,
+                    opset=args.opset, batch=batch, simplify=args.simplify, dump_ir=args.dump_ir,
                     overwrite=args.overwrite, check_inputs=checks, tolerances=_tolerances(args),
                     model_spec=args.model, progress=progress)
     print(f"exported {args.model} to {result.directory}/model.onnx "

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from dexport.models.backbone import BackboneConfig, build_backbone
-from dexport.models.batched import normalize_images, stack_inputs
+from dexport.models.batched import normalize_images, normalized_image_list, stack_inputs
 from dexport.models.postprocess import Postprocess, detections_to_instances
 from dexport.models.roi_heads import ROIHeads, ROIHeadsConfig
 from dexport.models.rpn import RPN, RPNConfig
@@ -89,9 +89,8 @@ class GeneralizedRCNN(nn.Module):
 
     def preprocess_image(self, batched_inputs: list[dict]) -> ImageList:
         """Normalize each image and pad the batch to a multiple of the backbone's stride."""
-        images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std
-                  for x in batched_inputs]
-        return ImageList.from_tensors(images, self.backbone.size_divisibility)
+        return normalized_image_list(batched_inputs, self.pixel_mean, self.pixel_std,
+                                     self.backbone.size_divisibility)
 
     def forward(self, batched_inputs: list[dict]):
         if not self.training:

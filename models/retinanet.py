@@ -17,7 +17,7 @@ from torch import nn
 
 from dexport.models import ops, zoo
 from dexport.models.backbone import BackboneConfig, build_backbone
-from dexport.models.batched import normalize_images, stack_inputs, top_per_image
+from dexport.models.batched import normalize_images, normalized_image_list, stack_inputs, top_per_image
 from dexport.models.postprocess import Postprocess, detections_to_instances
 from dexport.models.rpn import AnchorGenerator, match_labels, topk_count
 from dexport.models.structures import Boxes, ImageList, Instances, pairwise_iou
@@ -168,9 +168,8 @@ class RetinaNet(nn.Module):
 
     def preprocess_image(self, batched_inputs: list[dict]) -> ImageList:
         """Normalize each image and pad the batch to a multiple of the backbone's stride."""
-        images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std
-                  for x in batched_inputs]
-        return ImageList.from_tensors(images, self.backbone.size_divisibility)
+        return normalized_image_list(batched_inputs, self.pixel_mean, self.pixel_std,
+                                     self.backbone.size_divisibility)
 
     def forward(self, batched_inputs: list[dict]):
         if not self.training:
