@@ -50,8 +50,7 @@ from dexport.models.structures import ImageList
 __all__ = [
     "DETECTION_FIELDS", "SEGMENT_FIELDS", "group_counts", "rank_in_group", "top_per_image",
     "image_index_from_counts", "clip_boxes_per_row", "rois_of", "pad_to_multiple",
-    "normalize_images", "normalized_image_list", "sizes_tensor", "SizePairs", "stack_inputs",
-    "split_outputs",
+    "normalize_images", "sizes_tensor", "SizePairs", "stack_inputs", "split_outputs",
 ]
 
 # Per-detection fields (split by ``counts``) and per-segment fields (by ``segment_counts``).
@@ -132,13 +131,6 @@ def normalize_images(images: torch.Tensor, image_sizes: torch.Tensor, mean: torc
     cols = torch.arange(w, device=x.device).unsqueeze(0) < image_sizes[:, 1:2]
     inside = rows[:, None, :, None] & cols[:, None, None, :]
     return pad_to_multiple(torch.where(inside, x, torch.zeros_like(x)), size_divisibility)
-
-
-def normalized_image_list(batched_inputs: list[dict], mean: torch.Tensor, std: torch.Tensor,
-                          size_divisibility: int) -> ImageList:
-    """The list API's images (training) normalised one by one and padded into a batch."""
-    images = [(x["image"].to(mean.device) - mean) / std for x in batched_inputs]
-    return ImageList.from_tensors(images, size_divisibility)
 
 
 def _size_scalar(v, device) -> torch.Tensor:

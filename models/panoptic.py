@@ -403,11 +403,7 @@ class PanopticFPN(GeneralizedRCNN):
     def forward(self, batched_inputs: list[dict]):
         if not self.training:
             return self.inference(batched_inputs)
-        if any("instances" not in x or "sem_seg" not in x for x in batched_inputs):
-            raise ValueError("training mode needs 'instances' and 'sem_seg' in every input "
-                             "dict; call model.eval() for inference")
-        images = self.preprocess_image(batched_inputs)
-        targets = [x["instances"].to(self.device) for x in batched_inputs]
+        images, targets = self.training_inputs(batched_inputs, required=("instances", "sem_seg"))
         sem_targets = ImageList.from_tensors(
             [x["sem_seg"].to(self.device) for x in batched_inputs],
             self.backbone.size_divisibility, self.cfg.ignore_value).tensor

@@ -8,14 +8,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
 
 from dexport.models.backbone import BackboneConfig, build_backbone
-from dexport.models.batched import normalize_images, normalized_image_list, stack_inputs
+from dexport.models.batched import normalize_images, stack_inputs
+from dexport.models.detector import Detector
 from dexport.models.postprocess import Postprocess, detections_to_instances
 from dexport.models.roi_heads import ROIHeads, ROIHeadsConfig
 from dexport.models.rpn import RPN, RPNConfig
-from dexport.models.structures import ImageList
 
 __all__ = ["RCNNConfig", "GeneralizedRCNN"]
 
@@ -56,7 +55,7 @@ class RCNNConfig:
         )
 
 
-class GeneralizedRCNN(nn.Module):
+class GeneralizedRCNN(Detector):
     """Two-stage detector.
 
     ``forward(batched_inputs)`` takes a list of dicts ``{"image": f32[3,H,W] BGR 0..255,
@@ -71,35 +70,18 @@ class GeneralizedRCNN(nn.Module):
     """
 
     def __init__(self, cfg: RCNNConfig):
-        super().__init__()
+        super().__init__(cfg.pixel_mean, cfg.pixel_std)
         self.cfg = cfg
         self.backbone = build_backbone(cfg.backbone)
         channels, strides = self.backbone.out_channels, self.backbone.out_strides
         self.rpn = RPN(cfg.rpn, channels, strides)
         self.roi_heads = ROIHeads(cfg.roi_heads, channels, strides)
         self.postprocess = Postprocess()
-        self.register_buffer("pixel_mean", torch.tensor(cfg.pixel_mean).view(-1, 1, 1),
-                             persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(cfg.pixel_std).view(-1, 1, 1),
-                             persistent=False)
-
-    @property
-    def device(self) -> torch.device:
-        return self.pixel_mean.device
-
-    def preprocess_image(self, batched_inputs: list[dict]) -> ImageList:
-        """Normalize each image and pad the batch to a multiple of the backbone's stride."""
-        return normalized_image_list(batched_inputs, self.pixel_mean, self.pixel_std,
-                                     self.backbone.size_divisibility)
 
     def forward(self, batched_inputs: list[dict]):
         if not self.training:
             return self.inference(batched_inputs)
-        if any("instances" not in x for x in batched_inputs):
-            raise ValueError("training mode needs an 'instances' entry in every input dict "
-                             "(gt_boxes, gt_classes, ...); call model.eval() for inference")
-        images = self.preprocess_image(batched_inputs)
-        targets = [x["instances"].to(self.device) for x in batched_inputs]
+        images, targets = self.training_inputs(batched_inputs)
         features = self.backbone(images.tensor)
         proposals, rpn_losses = self.rpn(images, features, targets)
         _, head_losses = self.roi_heads(features, proposals, targets)

@@ -17,10 +17,11 @@ from torch import nn
 
 from dexport.models import ops, zoo
 from dexport.models.backbone import BackboneConfig, build_backbone
-from dexport.models.batched import normalize_images, normalized_image_list, stack_inputs, top_per_image
+from dexport.models.batched import normalize_images, stack_inputs, top_per_image
+from dexport.models.detector import Detector
 from dexport.models.postprocess import Postprocess, detections_to_instances
 from dexport.models.rpn import AnchorGenerator, match_labels, topk_count
-from dexport.models.structures import Boxes, ImageList, Instances, pairwise_iou
+from dexport.models.structures import Boxes, Instances, pairwise_iou
 
 __all__ = [
     "RetinaNetConfig", "MultiScaleAnchorGenerator", "RetinaNetHead", "RetinaNet",
@@ -132,7 +133,7 @@ def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float
     return loss.sum()
 
 
-class RetinaNet(nn.Module):
+class RetinaNet(Detector):
     """One-stage detector; same input/output format as GeneralizedRCNN.
 
     Eval mode returns ``[{"instances": Instances(pred_boxes, scores, pred_classes)}]``;
@@ -142,7 +143,7 @@ class RetinaNet(nn.Module):
     """
 
     def __init__(self, cfg: RetinaNetConfig):
-        super().__init__()
+        super().__init__(cfg.pixel_mean, cfg.pixel_std)
         self.cfg = cfg
         self.backbone = build_backbone(cfg.backbone)
         self.in_features = list(cfg.in_features)
@@ -153,23 +154,10 @@ class RetinaNet(nn.Module):
                                   cfg.num_classes, cfg.num_convs, cfg.prior_prob,
                                   cfg.head_init_std)
         self.postprocess = Postprocess()
-        self.register_buffer("pixel_mean", torch.tensor(cfg.pixel_mean).view(-1, 1, 1),
-                             persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(cfg.pixel_std).view(-1, 1, 1),
-                             persistent=False)
         # Moving average of the number of foreground anchors (detectron2's normalizer):
         # steadier than the per-batch count when batches hold few objects.
         self.loss_normalizer = 100.0
         self.loss_normalizer_momentum = 0.9
-
-    @property
-    def device(self) -> torch.device:
-        return self.pixel_mean.device
-
-    def preprocess_image(self, batched_inputs: list[dict]) -> ImageList:
-        """Normalize each image and pad the batch to a multiple of the backbone's stride."""
-        return normalized_image_list(batched_inputs, self.pixel_mean, self.pixel_std,
-                                     self.backbone.size_divisibility)
 
     def forward(self, batched_inputs: list[dict]):
         if not self.training:
@@ -177,12 +165,8 @@ class RetinaNet(nn.Module):
             outputs = self.forward_batched(images, image_sizes, output_sizes)
             return [{"instances": inst}
                     for inst in detections_to_instances(outputs, sizes.outputs)]
-        if any("instances" not in x for x in batched_inputs):
-            raise ValueError("training mode needs an 'instances' entry in every input dict "
-                             "(gt_boxes, gt_classes); call model.eval() for inference")
-        images = self.preprocess_image(batched_inputs)
+        images, targets = self.training_inputs(batched_inputs)
         anchors, logits, deltas = self.head_outputs(self.backbone(images.tensor))
-        targets = [x["instances"].to(self.device) for x in batched_inputs]
         return self.losses(anchors, logits, deltas, targets)
 
     def forward_batched(self, images: torch.Tensor, image_sizes: torch.Tensor,
