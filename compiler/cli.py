@@ -8,6 +8,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from dexport.driver import DEFAULT_PIPELINE
 from dexport.ir.errors import DexportError
 
 
@@ -245,6 +246,8 @@ def _add_tolerance_flags(p) -> None:
     p.add_argument("--keypoint-tol", type=float, help=f"max keypoint distance in pixels (default {t.keypoint_px})")
     p.add_argument("--sem-seg-agreement", type=float,
                    help=f"min fraction of equal semantic / panoptic labels (default {t.sem_seg})")
+    p.add_argument("--atol", type=float, default=t.atol,
+                   help=f"max abs diff accepted for models that are not detectors (default {t.atol})")
 
 
 def _add_eval_flags(p) -> None:
@@ -281,7 +284,7 @@ def cmd_dump(args) -> int:
     other_size = args.size + 32
     with progress.step(f"checking the IR against eager at {other_size}x{other_size}"):
         held_out = (sample_images(1, other_size, seed=1),)
-        report = verify(model, graph, [held_out], atol=args.atol)
+        report = verify(model, graph, [held_out], tolerances=_tolerances(args))
     with progress.step(f"writing dumps to {out}"):
         paths = dexport.dump_ir(graph, out)
     print(f"captured {len(graph)} nodes, {len(graph.params)} parameters; IR interpreter vs eager on a "
@@ -321,10 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--model", required=True, help="zoo:NAME (see `dexport zoo`) or package.module:factory")
     d.add_argument("--output", required=True, help="directory for the dumps")
     d.add_argument("--size", type=int, default=128, help="capture image size in pixels (default 128)")
-    d.add_argument("--pipeline", default="canonicalize,cse,dce",
-                   help="pass pipeline (default: canonicalize,cse,dce)")
-    d.add_argument("--atol", type=float, default=1e-4,
-                   help="max abs diff accepted for models that are not detectors (default 1e-4)")
+    d.add_argument("--pipeline", default=DEFAULT_PIPELINE, help=f"pass pipeline (default: {DEFAULT_PIPELINE})")
+    _add_tolerance_flags(d)
     d.set_defaults(func=cmd_dump)
 
     e = sub.add_parser("export", help="export a model to an artifact directory (ONNX)",
@@ -348,7 +349,6 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--check", action="store_true",
                    help="only report which ops of the captured graph have no ONNX lowering; write nothing")
     e.add_argument("--overwrite", action="store_true", help="replace an existing artifact at --output")
-    e.add_argument("--atol", type=float, default=1e-4, help="max abs diff accepted for non-detection models")
     _add_tolerance_flags(e)
     _add_eval_flags(e)
     e.set_defaults(func=cmd_export)
@@ -369,7 +369,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "from the IR interpreter on the first held-out input (op, scope, source, IR around it)")
     v.add_argument("--capture-size", type=int, default=128,
                    help="image size a detector is re-captured at for --bisect (default 128, as export's --size)")
-    v.add_argument("--atol", type=float, default=1e-4, help="max abs diff accepted for non-detection models")
     _add_tolerance_flags(v)
     _add_eval_flags(v)
     v.set_defaults(func=cmd_verify)
