@@ -155,10 +155,10 @@ def _unsupported_error(missing, opset: int, shown: int = 3) -> UnsupportedOpsErr
     return UnsupportedOpsError(
         f"{len(missing)} op(s) have no ONNX lowering (opset {opset}): {ops}",
         context="\n".join(lines),
-        hint="run the 'decompose' pass first (it rewrites composite ops into ones with "
-             "lowerings), or register a lowering with "
-             "@dexport.backends.onnx.lowering('<op>') returning the ONNX names of the "
-             "node's outputs")
+        hint="the 'decompose' pass (in dexport export's default pipeline) rewrites the ops "
+             "torch can decompose into lowered ones; for these, replace the op in the model, "
+             "or register a lowering with @dexport.backends.onnx.lowering('<op>') returning "
+             "the ONNX names of the node's outputs")
 
 
 # --------------------------------------------------------------------------- value entries

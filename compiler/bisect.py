@@ -327,13 +327,10 @@ def _local_check(d: Divergence, expected: dict, actual: dict, atol: float,
 
 def capture_like_export(model: torch.nn.Module, example_inputs: tuple, *, method: str = "tracing",
                         batch: str | int = "dynamic", pipeline: str | None = None) -> Graph:
-    """The graph ``dexport.export`` emits for ``model`` (``dexport.driver.build_graph``).
-    ``pipeline`` is an artifact manifest's full one, ``fix-batch-dim`` included, which
-    the driver adds itself: it is taken apart again here."""
+    """The graph ``dexport.export`` emits for ``model`` (``dexport.driver.build_graph``);
+    ``pipeline`` may be an artifact manifest's full one."""
     from dexport.driver import DEFAULT_PIPELINE, build_graph
 
-    if pipeline is not None and pipeline.startswith("fix-batch-dim"):
-        pipeline = pipeline.partition(",")[2]
     return build_graph(model, example_inputs, method=method, batch=batch,
                        pipeline=pipeline or DEFAULT_PIPELINE)[0]
 

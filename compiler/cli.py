@@ -8,7 +8,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from dexport.driver import DEFAULT_PIPELINE
+from dexport.driver import DEFAULT_PIPELINE, load_backends
 from dexport.ir.errors import DexportError
 
 
@@ -280,6 +280,7 @@ def cmd_dump(args) -> int:
         example = (sample_images(1, args.size, seed=0),)
         graph = dexport.capture(model, example, method="tracing")
     with progress.step(f"running passes {args.pipeline!r}"):
+        load_backends(args.pipeline)
         PassManager(args.pipeline, verify_each=True, dump_dir=out / "passes").run(graph)
     other_size = args.size + 32
     with progress.step(f"checking the IR against eager at {other_size}x{other_size}"):

@@ -14,6 +14,7 @@ Two ways a model's inputs and outputs reach the emitted graph:
 """
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import os
 from contextlib import nullcontext
@@ -29,7 +30,9 @@ from dexport.dump import dump_ir as write_ir_dump
 from dexport.ir.errors import DexportError
 from dexport.ir.graph import Graph
 
-DEFAULT_PIPELINE = "canonicalize,cse,dce"
+# Cleanups, then ops without an ONNX lowering rewritten through torch's decompositions
+# (before the emitter gives up on them), then the dead code that leaves.
+DEFAULT_PIPELINE = "canonicalize,cse,decompose{target=onnx},dce"
 FORMATS = ("onnx",)
 IO_KINDS = ("structured", "detection")
 
@@ -85,15 +88,25 @@ def batched_inputs(model_inputs: tuple) -> tuple:
     return tuple(stack_inputs(model_inputs[0], "cpu")[:3])
 
 
+def load_backends(pipeline: str) -> None:
+    """Import the backends a pipeline's ``decompose{target=...}`` needs: a backend
+    registers its target when imported, and passes never import backends."""
+    if "decompose" in pipeline:
+        importlib.import_module("dexport.backends.onnx")
+
+
 def build_graph(model: torch.nn.Module, example_inputs: tuple, *, method: str = "tracing",
                 batch: str | int = "dynamic", pipeline: str = DEFAULT_PIPELINE,
                 dump_dir: str | os.PathLike | None = None, step=None) -> tuple[Graph, str]:
     """The graph an export emits, and the full pipeline that made it: a detector is
     captured through ``forward_batched`` on the example and two probe batches, and
-    ``fix-batch-dim`` runs first; any other model is captured as it is called."""
+    ``fix-batch-dim`` runs first (unless ``pipeline`` already starts with it, as the
+    pipeline an artifact's manifest records does); any other model is captured as it
+    is called."""
     from dexport.passes import PassManager
 
     step = step or (lambda text: nullcontext())
+    load_backends(pipeline)
     model.eval()
     detection = io_kind_of(model) == "detection"
     if batch != "dynamic" and (not detection or int(batch) != len(example_inputs[0])):
@@ -105,7 +118,8 @@ def build_graph(model: torch.nn.Module, example_inputs: tuple, *, method: str = 
                 graph = capture(model, batched_inputs(example_inputs), method=method,
                                 inference_func=lambda m, *args: m.forward_batched(*args),
                                 probe_inputs=[batched_inputs(p) for p in probe_batches(example_inputs[0], batch)])
-            pipeline = f"fix-batch-dim{{batch={batch}}}," + pipeline
+            if not pipeline.startswith("fix-batch-dim"):  # a manifest's pipeline already has it
+                pipeline = f"fix-batch-dim{{batch={batch}}}," + pipeline
         else:
             with step(f"capturing by {method}"):
                 graph = capture(model, example_inputs, method=method)

@@ -170,3 +170,17 @@ def test_requested_output_sizes_and_named_dims(mask_rcnn_artifact):
     inputs[0].update(height=150, width=120)
     inputs[1].update(height=60, width=48)
     assert_matches_eager(zoo.get("mask_rcnn_tiny"), dexport.load(mask_rcnn_artifact), inputs)
+
+
+def test_export_decomposes_ops_without_a_lowering(tmp_path):
+    from dexport.backends.onnx import has_lowering
+    assert not has_lowering("aten::hardswish")  # else this test proves nothing
+
+    class Act(torch.nn.Module):
+        def forward(self, x):
+            return torch.nn.functional.hardswish(x) * 2
+
+    result = dexport.export(Act(), (torch.randn(2, 8),), tmp_path / "act")
+    assert "decompose{target=onnx}" in result.manifest["pipeline"]
+    other = torch.randn(3, 5)
+    torch.testing.assert_close(dexport.load(tmp_path / "act")(other), Act()(other), rtol=1e-5, atol=1e-6)
