@@ -705,11 +705,11 @@ def _version() -> str:
 
 
 def check_model(model: onnx.ModelProto) -> None:
-    """The ONNX checker with full, strict shape inference; failures become a
-    DexportError (a failing emitted model is a lowering bug, not a user error)."""
+    """The ONNX checker with full, strict shape inference (``full_check`` runs it with
+    type checking in strict mode); failures become a DexportError (a failing emitted
+    model is a lowering bug, not a user error)."""
     try:
         onnx.checker.check_model(model, full_check=True)
-        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
         raise DexportError(f"the emitted ONNX model is invalid: {err}",
                            hint="this is a bug in an ONNX lowering; the node name in the message "

@@ -58,27 +58,45 @@ def _versions() -> dict:
     return {d: version(d) for d in ("dexport", "torch", "onnx", "onnxruntime")}
 
 
-def probe_batches(batched_inputs: list[dict], batch: str | int) -> list[tuple]:
+# Probes only need other sizes, not big ones: a probe costs a full run of the model at
+# its size, so probe images are the example scaled down to this longest side.
+PROBE_SIDE = 128
+
+
+def probe_batches(example: list[dict], batch: str | int) -> list[tuple]:
     """Two more inputs for differential capture, made from the example images resized:
     other batch sizes (unless the batch is fixed) and other heights and widths, each
     varied on its own so every size the trace baked in can be told apart. They also ask
     for results at another size ("height"/"width"), so sizes that follow the requested
-    output size are not mistaken for the input's."""
+    output size are not mistaken for the input's. Images are first scaled down to a
+    longest side of ``PROBE_SIDE`` (capture cost grows with the image), unless that
+    would make a probe's height or width equal the example's."""
     import torch.nn.functional as F
 
-    def resized(count: int, dh: int, dw: int) -> list[dict]:
+    def resized(count: int, scale: float, dh: int, dw: int) -> list[dict]:
         out = []
         for k in range(count):
-            image = batched_inputs[k % len(batched_inputs)]["image"]
-            h, w = image.shape[-2:]
-            out.append({"image": F.interpolate(image[None], size=(h + dh, w + dw), mode="bilinear",
+            image = example[k % len(example)]["image"]
+            h, w = (max(1, round(side * scale)) + d for side, d in zip(image.shape[-2:], (dh, dw)))
+            out.append({"image": F.interpolate(image[None], size=(h, w), mode="bilinear",
                                                align_corners=False)[0],
-                        "height": h + dh + 24, "width": w + dw - 8})
+                        "height": h + 24, "width": w - 8})
         return out
 
-    n = len(batched_inputs)
+    def probes(scale: float) -> list[tuple]:
+        return [(resized(counts[0], scale, 32, 64),), (resized(counts[1], scale, 64, 32),)]
+
+    def padded_sizes(inputs: list[dict]) -> tuple:
+        return tuple(batched_inputs((inputs,))[0].shape[-2:])
+
+    n = len(example)
     counts = (n, n) if batch != "dynamic" else (n + 1, n + 2)
-    return [(resized(counts[0], 32, 64),), (resized(counts[1], 64, 32),)]
+    longest = max(max(x["image"].shape[-2:]) for x in example)
+    scaled = probes(min(1.0, PROBE_SIDE / longest))
+    sizes = [padded_sizes(example)] + [padded_sizes(p[0]) for p in scaled]
+    if all(len({s[axis] for s in sizes}) == len(sizes) for axis in (0, 1)):
+        return scaled
+    return probes(1.0)
 
 
 def batched_inputs(model_inputs: tuple) -> tuple:

@@ -10,6 +10,7 @@ import torch
 import dexport
 from dexport.artifacts import MANIFEST
 from dexport.cli import main
+from dexport.driver import PROBE_SIDE, batched_inputs, probe_batches
 from dexport.verification import verify
 from dexport.ir import UnsupportedOpsError
 from dexport.models import zoo
@@ -92,6 +93,29 @@ def test_every_tiny_zoo_model_exports_and_matches(name, tmp_path):
     loaded = dexport.load(tmp_path / name)
     assert_matches_eager(model, loaded, images(2, 96, seed=7))
     assert_matches_eager(model, loaded, images(3, (80, 64), seed=8))
+
+
+@pytest.mark.parametrize("batch", ["dynamic", 1])
+def test_probes_are_scaled_down_and_differ_from_the_example(batch):
+    example = images(1, (320, 256), seed=0)
+    probes = probe_batches(example, batch)
+    sizes = [tuple(batched_inputs((example,))[0].shape)] + [tuple(batched_inputs(p)[0].shape) for p in probes]
+    assert [s[0] for s in sizes] == ([1, 2, 3] if batch == "dynamic" else [1, 1, 1])
+    assert all(max(s[2:]) <= PROBE_SIDE + 64 for s in sizes[1:])
+    assert len({s[2] for s in sizes}) == 3 and len({s[3] for s in sizes}) == 3
+    # An example whose scaled-down probes would repeat its own height: probes grow from it instead.
+    example = images(1, (160, 96), seed=0)
+    heights = [batched_inputs(p)[0].shape[2] for p in probe_batches(example, batch)]
+    assert heights == [192, 224]
+
+
+def test_large_example_exports_through_small_probes(tmp_path):
+    """Captured at 320x256 with probes at about 128 px: the artifact is right at other sizes."""
+    model = zoo.get("mask_rcnn_tiny")
+    dexport.export(model, (images(1, (320, 256), seed=0),), tmp_path / "a")
+    loaded = dexport.load(tmp_path / "a")
+    assert_matches_eager(model, loaded, images(2, (200, 240), seed=9))
+    assert_matches_eager(model, loaded, images(1, 96, seed=10))
 
 
 @pytest.mark.slow
