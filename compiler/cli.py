@@ -160,15 +160,20 @@ def _eval_source(args, spec: str | None):
 
 
 def _run_eval(args, model, loaded) -> bool:
-    """COCO AP of eager and exported side by side; False when any AP differs by more
-    than --ap-tol points."""
+    """COCO AP (and PQ for panoptic models on shapes val) of eager and exported side by
+    side; False when any figure differs by more than --ap-tol points."""
     from dexport.verification import ap_ok, compare_ap, format_ap_table
     source, what = _eval_source(args, args.model)
-    table = compare_ap(model, loaded, source)
-    print(f"COCO AP on {what}, eager vs exported:")
+    notes: list[str] = []
+    table = compare_ap(model, loaded, source, notes=notes)
+    measures = "COCO AP and PQ" if "panoptic" in table else "COCO AP"
+    print(f"{measures} on {what}, eager vs exported:")
     print(format_ap_table(table))
+    for note in notes:
+        print(note)
     ok = ap_ok(table, args.ap_tol)
-    print(f"AP difference within {args.ap_tol} -> {'ok' if ok else 'MISMATCH'}")
+    print(f"{'AP and PQ' if 'panoptic' in table else 'AP'} difference within {args.ap_tol} -> "
+          f"{'ok' if ok else 'MISMATCH'}")
     return ok
 
 
@@ -252,12 +257,13 @@ def _add_tolerance_flags(p) -> None:
 
 def _add_eval_flags(p) -> None:
     p.add_argument("--run-eval", action="store_true",
-                   help="also compare COCO AP of eager and exported on a dataset (shapes val by default)")
+                   help="also compare COCO AP (and PQ for panoptic models) of eager and exported on a "
+                        "dataset (shapes val by default)")
     p.add_argument("--eval-images", type=int, default=200, help="shapes val images for --run-eval (default 200)")
     p.add_argument("--eval-size", type=int, default=128, help="shapes val image size (default 128)")
     p.add_argument("--coco-json", help="evaluate on this COCO json instead (with --image-dir)")
     p.add_argument("--image-dir", help="folder of the --coco-json images as .npy/.pt [3,H,W] arrays")
-    p.add_argument("--ap-tol", type=float, default=0.1, help="max AP difference in points (default 0.1)")
+    p.add_argument("--ap-tol", type=float, default=0.1, help="max AP (and PQ) difference in points (default 0.1)")
 
 
 def cmd_zoo(args) -> int:

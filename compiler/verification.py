@@ -11,8 +11,9 @@ semantic segmentation agreement (equal argmax pixels) and panoptic agreement (eq
 segment category per pixel) where the model has them, and the raw max abs / rel error
 over every output tensor. Models that are not detectors get only the raw figures.
 
-``compare_ap`` scores both with COCO AP (dataset-level evidence that the differences
-do not matter), on the synthetic shapes val split or a user COCO json + image folder.
+``compare_ap`` scores both with COCO AP, and panoptic quality for panoptic models
+(dataset-level evidence that the differences do not matter), on the synthetic shapes val
+split or a user COCO json + image folder (AP only).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import dataclasses
 import json
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -396,11 +398,22 @@ class CocoFolder:
 
 
 def compare_ap(eager: Callable, exported: Callable, source, *, iou_types=None,
-               batch_size: int = 4) -> dict:
+               batch_size: int = 4, notes: list | None = None) -> dict:
     """COCO AP of both predictors on ``source``: a ``ShapesDataset`` or a
-    :class:`CocoFolder`. Returns ``{iou_type: {metric: {"eager", "exported", "diff"}}}``
-    (percent; NaN where the data has no ground truth of that type)."""
-    scores = [_ap(p, source, iou_types, batch_size) for p in (eager, exported)]
+    :class:`CocoFolder`; on a ``ShapesDataset`` also panoptic quality (PQ / SQ / RQ /
+    PQ_th / PQ_st) when the predictions carry ``panoptic_seg``. Returns
+    ``{iou_type: {metric: {"eager", "exported", "diff"}}}`` (percent; NaN where the data
+    has no ground truth of that type). What could not be evaluated (PQ on a COCO folder:
+    its panoptic ground truth would be PNGs, and no image decoder is installed) is
+    skipped with a one-line message appended to ``notes`` (a warning when ``notes`` is
+    None)."""
+    skipped: list[str] = []
+    scores = [_ap(p, source, iou_types, batch_size, skipped) for p in (eager, exported)]
+    for note in dict.fromkeys(skipped):  # both runs skip the same things: say each once
+        if notes is None:
+            warnings.warn(note, stacklevel=2)
+        else:
+            notes.append(note)
     out = {}
     for t in scores[0]:
         out[t] = {}
@@ -410,7 +423,7 @@ def compare_ap(eager: Callable, exported: Callable, source, *, iou_types=None,
     return out
 
 
-def _ap(predictor, source, iou_types, batch_size) -> dict:
+def _ap(predictor, source, iou_types, batch_size, notes: list) -> dict:
     from dexport.models import evaluation
     if not isinstance(source, CocoFolder):
         return evaluation.evaluate(predictor, source, iou_types, batch_size=batch_size)
@@ -430,7 +443,16 @@ def _ap(predictor, source, iou_types, batch_size) -> dict:
                                "width": source.images[i].get("width", image.shape[2])})
             for i, output in zip(chunk, predictor(inputs)):
                 predicted |= evaluation._append_results(results, source.images[i]["id"], output["instances"], source)
-    types = iou_types or [t for t in evaluation.IOU_TYPES if t in predicted]
+                if "panoptic_seg" in output:
+                    predicted.add("panoptic")
+    types = list(iou_types or [t for t in evaluation.EVAL_TYPES if t in predicted])
+    if "panoptic" in types:
+        types.remove("panoptic")
+        notes.append("PQ skipped: a COCO json + image folder has no panoptic ground truth dexport can "
+                     "read (COCO panoptic annotations are PNGs and no image decoder is installed)")
+    unknown = [t for t in types if t not in evaluation.IOU_TYPES]
+    if unknown:
+        raise DexportError(f"unknown iou_types {unknown}", hint=f"choose from {list(evaluation.EVAL_TYPES)}")
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO()
         gt.dataset = source.coco
@@ -439,11 +461,14 @@ def _ap(predictor, source, iou_types, batch_size) -> dict:
 
 
 def ap_ok(table: dict, max_diff: float = 0.1) -> bool:
-    """Every AP figure of the exported model within ``max_diff`` points of eager."""
+    """Every AP (and PQ / SQ / RQ) figure of the exported model within ``max_diff``
+    points of eager."""
     return all(not (abs(v["diff"]) > max_diff) for metrics in table.values() for v in metrics.values())
 
 
 def format_ap_table(table: dict) -> str:
+    """One line per (type, metric), metric names as the table has them (AP / AP50 /
+    AP75, or PQ / SQ / RQ / PQ_th / PQ_st for panoptic)."""
     lines = [f"{'type':<10}{'metric':<8}{'eager':>8}{'exported':>10}{'diff':>8}"]
     for t, metrics in table.items():
         for m, v in metrics.items():

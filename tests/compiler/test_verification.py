@@ -1,9 +1,10 @@
 """Detection-aware verification: detections matched by IoU per image (robust to tie
 swaps), perturbations caught and named with their image, deterministic json,
-`dexport verify` / `--run-eval` on a tiny artifact."""
+`dexport verify` / `--run-eval` on a tiny artifact, AP and PQ of eager vs exported."""
 import copy
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -185,3 +186,58 @@ def test_coco_folder_scores_like_the_shapes_split(tmp_path):
     table = compare_ap(model, model, CocoFolder(tmp_path / "val.json", tmp_path))
     assert table["bbox"]["AP"]["diff"] == 0
     assert table["bbox"]["AP"]["eager"] == pytest.approx(evaluate(model, data)["bbox"]["AP"])
+
+
+@pytest.fixture(scope="module")
+def panoptic_pair(tmp_path_factory):
+    """panoptic_fpn_tiny with mask_rcnn_tiny's trained weights in its instance branch (the
+    same R-CNN; the semantic head stays untrained), so PQ is not 0 for lack of matches;
+    and its exported ONNX artifact."""
+    import dexport
+    model = zoo.get("panoptic_fpn_tiny")
+    model.load_state_dict(zoo.get("mask_rcnn_tiny").state_dict(), strict=False)
+    model.eval()
+    data = ShapesDataset("val", num_images=1, seed=3, image_size=96)
+    out = tmp_path_factory.mktemp("panoptic") / "art"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings from torch's own code
+        dexport.export(model, ([{"image": data[0]["image"]}],), out)
+    return model, dexport.load(out)
+
+
+def test_compare_ap_reports_pq_of_panoptic_export(panoptic_pair, capsys):
+    import argparse
+
+    from dexport.cli import _run_eval
+    model, loaded = panoptic_pair
+    data = ShapesDataset("val", num_images=8)
+    table = compare_ap(model, loaded, data)
+    assert list(table) == ["bbox", "segm", "panoptic"]
+    assert list(table["panoptic"]) == ["PQ", "SQ", "RQ", "PQ_th", "PQ_st"]
+    assert table["panoptic"]["PQ_th"]["eager"] > 10
+    # 0 on these images; a mask pixel at the 0.5 threshold may flip with another runtime
+    assert all(abs(v["diff"]) < 0.01 for v in table["panoptic"].values()), table["panoptic"]
+
+    args = argparse.Namespace(coco_json=None, image_dir=None, eval_images=4, eval_size=128,
+                              model="zoo:panoptic_fpn_tiny", ap_tol=0.1)
+    assert _run_eval(args, model, loaded)
+    out = capsys.readouterr().out
+    assert "COCO AP and PQ on shapes val (4 images, 128px), eager vs exported" in out
+    rows = [line.split() for line in out.splitlines() if line.startswith("panoptic")]
+    assert [r[1] for r in rows] == ["PQ", "SQ", "RQ", "PQ_th", "PQ_st"]
+    assert all(abs(float(r[4])) < 0.01 for r in rows)
+    assert "AP and PQ difference within 0.1 -> ok" in out
+
+
+def test_coco_folder_skips_pq_with_a_note(panoptic_pair, tmp_path):
+    model, _ = panoptic_pair
+    data = ShapesDataset("val", num_images=2, seed=5, image_size=96)
+    to_coco_json(data, tmp_path / "val.json")
+    for i in range(2):
+        np.save(tmp_path / f"val_{i:06d}.png.npy", data[i]["image"].numpy())
+    notes = []
+    table = compare_ap(model, model, CocoFolder(tmp_path / "val.json", tmp_path), notes=notes)
+    assert list(table) == ["bbox", "segm"]
+    assert len(notes) == 1 and notes[0].startswith("PQ skipped:") and "\n" not in notes[0]
+    with pytest.warns(UserWarning, match="PQ skipped"):
+        compare_ap(model, model, CocoFolder(tmp_path / "val.json", tmp_path), iou_types=["bbox", "panoptic"])
