@@ -361,7 +361,7 @@ def _ms(entry) -> str:
 
 
 def to_markdown(results: list[dict]) -> str:
-    lines = ["# dexport vs torch.onnx.export", ""]
+    lines = ["# dexport vs torch.onnx.export", "", *_summary(results)]
     for r in results:
         m = r["machine"]
         eager = r["eager_list"]["median_ms"]
@@ -389,6 +389,23 @@ def to_markdown(results: list[dict]) -> str:
                          f"{_ms(e)} | {e['median_ms'] / eager:.2f}x | {e['median_ms'] / floor:.2f}x | {parity} |")
         lines += ["", PARITY_NOTE, "", *_targets(r), *_profiles(r), ""]
     return "\n".join(lines) + "\n"
+
+
+def _summary(results: list[dict]) -> list[str]:
+    """One row per model: dexport's ratios against every baseline (the targets' columns)."""
+    def ratio(num, den):
+        return f"{num / den:.2f}x" if num is not None and den else "n/a"
+    lines = ["| model | dexport ORT ms | vs eager | vs floor | vs torch.onnx + onnxsim | export s "
+             "| vs torch.onnx export |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        by = {e["exporter"]: e for e in r["exporters"]}
+        dx, sim, ts = by.get("dexport", {}), by.get("torch.onnx + onnxsim", {}), by.get("torch.onnx (TorchScript)", {})
+        ms, export_s = dx.get("median_ms"), dx.get("export_s")
+        lines.append(f"| {r['model']} | {f'{ms:.0f}' if ms is not None else 'failed'} "
+                     f"| {ratio(ms, r['eager_list']['median_ms'])} | {ratio(ms, r['floor']['median_ms'])} "
+                     f"| {ratio(ms, sim.get('median_ms'))} | {f'{export_s:.1f}' if export_s is not None else ''} "
+                     f"| {ratio(export_s, ts.get('export_s'))} |")
+    return [*lines, ""]
 
 
 def _cell(text: str) -> str:

@@ -76,3 +76,5 @@ def test_export_compare_writes_results_and_reports_failures(tmp_path):
     assert "## mask_rcnn_tiny at 64x64, 1 threads" in md and "| dexport | " in md
     assert "| torch.onnx + onnxsim |" in md and "failed" in md
     assert "| dexport ORT / eager model(list) |" in md and "not measured" in md
+    ratio = ours["median_ms"] / saved["eager_list"]["median_ms"]
+    assert f"| mask_rcnn_tiny | {ours['median_ms']:.0f} | {ratio:.2f}x |" in md  # the summary row
