@@ -30,9 +30,10 @@ from dexport.dump import dump_ir as write_ir_dump
 from dexport.ir.errors import DexportError
 from dexport.ir.graph import Graph
 
-# Cleanups, then ops without an ONNX lowering rewritten through torch's decompositions
-# (before the emitter gives up on them), then the dead code that leaves.
-DEFAULT_PIPELINE = "canonicalize,cse,decompose{target=onnx},dce"
+# Cleanups; parameter-only arithmetic (frozen batch norm scales and shifts) computed
+# once here instead of on every run; ops without an ONNX lowering rewritten through
+# torch's decompositions (before the emitter gives up on them); the dead code that leaves.
+DEFAULT_PIPELINE = "canonicalize,cse,fold-constants,decompose{target=onnx},dce"
 FORMATS = ("onnx",)
 IO_KINDS = ("structured", "detection")
 
