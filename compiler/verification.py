@@ -382,6 +382,13 @@ class CocoFolder:
     def __len__(self) -> int:
         return len(self.images)
 
+    def eval_input(self, i: int) -> tuple[int, dict]:
+        """(image id, the predictor's input dict) of the ``i``-th image by id."""
+        image = self.image(i)
+        entry = self.images[i]
+        return entry["id"], {"image": image, "height": entry.get("height", image.shape[1]),
+                             "width": entry.get("width", image.shape[2])}
+
     def image(self, i: int) -> torch.Tensor:
         import numpy as np
         name = Path(self.images[i]["file_name"])
@@ -425,39 +432,10 @@ def compare_ap(eager: Callable, exported: Callable, source, *, iou_types=None,
 
 def _ap(predictor, source, iou_types, batch_size, notes: list) -> dict:
     from dexport.models import evaluation
-    if not isinstance(source, CocoFolder):
-        return evaluation.evaluate(predictor, source, iou_types, batch_size=batch_size)
-    import contextlib
-    import io
-
-    from pycocotools.coco import COCO
-    results = {t: [] for t in evaluation.IOU_TYPES}
-    predicted = set()
-    with torch.no_grad():
-        for start in range(0, len(source), batch_size):
-            chunk = range(start, min(start + batch_size, len(source)))
-            inputs = []
-            for i in chunk:
-                image = source.image(i)
-                inputs.append({"image": image, "height": source.images[i].get("height", image.shape[1]),
-                               "width": source.images[i].get("width", image.shape[2])})
-            for i, output in zip(chunk, predictor(inputs)):
-                predicted |= evaluation._append_results(results, source.images[i]["id"], output["instances"], source)
-                if "panoptic_seg" in output:
-                    predicted.add("panoptic")
-    types = list(iou_types or [t for t in evaluation.EVAL_TYPES if t in predicted])
-    if "panoptic" in types:
-        types.remove("panoptic")
-        notes.append("PQ skipped: a COCO json + image folder has no panoptic ground truth dexport can "
-                     "read (COCO panoptic annotations are PNGs and no image decoder is installed)")
-    unknown = [t for t in types if t not in evaluation.IOU_TYPES]
-    if unknown:
-        raise DexportError(f"unknown iou_types {unknown}", hint=f"choose from {list(evaluation.EVAL_TYPES)}")
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO()
-        gt.dataset = source.coco
-        gt.createIndex()
-        return {t: evaluation._coco_eval(gt, results[t], t) for t in types}
+    try:
+        return evaluation.evaluate(predictor, source, iou_types, batch_size=batch_size, notes=notes)
+    except ValueError as err:  # unknown iou_types
+        raise DexportError(str(err)) from None
 
 
 def ap_ok(table: dict, max_diff: float = 0.1) -> bool:

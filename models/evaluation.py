@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import io
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -41,10 +42,17 @@ _METRICS = ("AP", "AP50", "AP75")  # COCOeval.stats[0:3] for every IoU type
 PANOPTIC_METRICS = ("PQ", "SQ", "RQ", "PQ_th", "PQ_st")
 
 
-def evaluate(predictor, dataset: ShapesDataset, iou_types=None, *, batch_size: int = 1,
-             verbose: bool = False) -> dict:
+def evaluate(predictor, dataset, iou_types=None, *, batch_size: int = 1,
+             verbose: bool = False, notes: list | None = None) -> dict:
     """Run ``predictor`` over ``dataset`` and score it with pycocotools' COCOeval, and
     with panoptic quality where the predictions carry ``panoptic_seg``.
+
+    ``dataset``: a ``ShapesDataset``, or any source of images with COCO ground truth:
+    ``len()``, ``category_ids`` (model class i is ``category_ids[i]``), ``coco`` (a COCO
+    instances dict) and ``eval_input(i) -> (image_id, {"image", "height", "width"})``
+    (e.g. ``dexport.verification.CocoFolder``). Panoptic ground truth exists only for a
+    ``ShapesDataset``; elsewhere PQ is skipped with a one-line message appended to
+    ``notes`` (a warning when ``notes`` is None).
 
     Each call gets ``batch_size`` dicts ``{"image", "height", "width"}`` and must return
     one ``{"instances": Instances(pred_boxes, scores, pred_classes, [pred_masks],
@@ -59,33 +67,41 @@ def evaluate(predictor, dataset: ShapesDataset, iou_types=None, *, batch_size: i
         unknown = [t for t in iou_types if t not in EVAL_TYPES]
         if unknown:
             raise ValueError(f"unknown iou_types {unknown}; choose from {list(EVAL_TYPES)}")
+    shapes = isinstance(dataset, ShapesDataset)
     results: dict[str, list] = {t: [] for t in IOU_TYPES}
     panoptic = PanopticStats()
     predicted = set()
     with torch.no_grad():
         for start in range(0, len(dataset), batch_size):
-            indices = range(start, min(start + batch_size, len(dataset)))
-            inputs = []
-            for index in indices:
-                image = dataset.record(index)["image"]
-                inputs.append({"image": image, "height": image.shape[1], "width": image.shape[2]})
-            for index, output in zip(indices, predictor(inputs)):
-                predicted |= _append_results(results, index, output["instances"], dataset)
-                if "panoptic_seg" in output and (iou_types is None or "panoptic" in iou_types):
-                    predicted.add("panoptic")
-                    record = dataset.record(index)
+            ids, inputs = zip(*(_eval_input(dataset, i)
+                                for i in range(start, min(start + batch_size, len(dataset)))))
+            for image_id, output in zip(ids, predictor(list(inputs))):
+                predicted |= _append_results(results, image_id, output["instances"], dataset)
+                if "panoptic_seg" not in output:
+                    continue
+                predicted.add("panoptic")
+                if shapes and (iou_types is None or "panoptic" in iou_types):
+                    record = dataset.record(image_id)
                     panoptic.add(*panoptic_ground_truth(record["sem_seg"], record["masks"],
                                                         record["classes"]),
                                  *panoptic_prediction(output["panoptic_seg"]))
 
     if iou_types is None:
         iou_types = [t for t in EVAL_TYPES if t in predicted]
+    if "panoptic" in iou_types and not shapes:
+        iou_types = [t for t in iou_types if t != "panoptic"]
+        note = ("PQ skipped: a COCO json + image folder has no panoptic ground truth dexport can "
+                "read (COCO panoptic annotations are PNGs and no image decoder is installed)")
+        if notes is None:
+            warnings.warn(note, stacklevel=2)
+        else:
+            notes.append(note)
 
     quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
     out = {}
     with quiet:
         gt = COCO()
-        gt.dataset = coco_dict(dataset)
+        gt.dataset = coco_dict(dataset) if shapes else dataset.coco
         gt.createIndex()
         for t in iou_types:
             if t == "panoptic":
@@ -95,7 +111,15 @@ def evaluate(predictor, dataset: ShapesDataset, iou_types=None, *, batch_size: i
     return out
 
 
-def _append_results(results: dict, image_id: int, inst, dataset: ShapesDataset) -> set:
+def _eval_input(dataset, index: int) -> tuple[int, dict]:
+    """(COCO image id, the predictor's input dict) of one image of ``dataset``."""
+    if not isinstance(dataset, ShapesDataset):
+        return dataset.eval_input(index)
+    image = dataset.record(index)["image"]
+    return index, {"image": image, "height": image.shape[1], "width": image.shape[2]}
+
+
+def _append_results(results: dict, image_id: int, inst, dataset) -> set:
     """Convert one image's Instances to COCO result dicts; returns the types it covered."""
     boxes = getattr(inst.pred_boxes, "tensor", inst.pred_boxes).detach().float().cpu()
     scores = inst.scores.detach().float().cpu().tolist()
