@@ -744,28 +744,27 @@ def _filled(ctx: LoweringContext, node: Node, shape: str, fill_index: int | None
     return ctx.op("ConstantOfShape", shape, value=proto)
 
 
+def _fill_variant(ctx: LoweringContext, node: Node, shape: str, full_index: int) -> list:
+    """The zeros / ones / full / empty flavours of one creation op: ``full`` reads its
+    value from input ``full_index``, ``empty`` gives zeros."""
+    if "full" in node.op:
+        return [_filled(ctx, node, shape, full_index, 0)]
+    return [_filled(ctx, node, shape, None, 1 if "ones" in node.op else 0)]
+
+
 @lowering("aten::zeros_like", "aten::ones_like", "aten::full_like", "aten::empty_like")
 def _like(ctx: LoweringContext, node: Node) -> list:
-    shape = ctx.shape(ctx.input(node, 0))
-    if node.op == "aten::full_like":
-        return [_filled(ctx, node, shape, 1, 0)]
-    return [_filled(ctx, node, shape, None, 1 if node.op == "aten::ones_like" else 0)]
+    return _fill_variant(ctx, node, ctx.shape(ctx.input(node, 0)), 1)
 
 
 @lowering("aten::new_zeros", "aten::new_ones", "aten::new_full", "aten::new_empty")
 def _new(ctx: LoweringContext, node: Node) -> list:
-    shape = ctx.input(node, 1, torch.int64)
-    if node.op == "aten::new_full":
-        return [_filled(ctx, node, shape, 2, 0)]
-    return [_filled(ctx, node, shape, None, 1 if node.op == "aten::new_ones" else 0)]
+    return _fill_variant(ctx, node, ctx.input(node, 1, torch.int64), 2)
 
 
 @lowering("aten::zeros", "aten::ones", "aten::full", "aten::empty.memory_format")
 def _create(ctx: LoweringContext, node: Node) -> list:
-    shape = ctx.input(node, 0, torch.int64)
-    if node.op == "aten::full":
-        return [_filled(ctx, node, shape, 1, 0)]
-    return [_filled(ctx, node, shape, None, 1 if node.op == "aten::ones" else 0)]
+    return _fill_variant(ctx, node, ctx.input(node, 0, torch.int64), 1)
 
 
 @lowering("aten::arange", "aten::arange.start", "aten::arange.start_step")
