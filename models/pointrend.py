@@ -21,6 +21,7 @@ from dexport.models.rcnn import GeneralizedRCNN, RCNNConfig
 from dexport.models.batched import group_counts, rank_in_group, rois_of
 from dexport.models.roi_heads import ROIHeads, boxes_to_rois
 from dexport.models.structures import Instances
+from dexport.models.scoping import module_scope
 
 __all__ = [
     "PointRendConfig", "point_sample", "sample_roi_points", "regular_grid_points",
@@ -189,6 +190,7 @@ class PointRendMaskHead(nn.Module):
                                           cfg.coarse_side)
         self.point_head = PointHead(channels, cfg.point_fc_dim, cfg.point_num_fc, num_classes)
 
+    @module_scope
     def coarse_logits(self, feature: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
         """(R, K, side, side) coarse mask logits from a regular grid of point features."""
         side = self.cfg.coarse_in_side
@@ -196,6 +198,7 @@ class PointRendMaskHead(nn.Module):
         x = sample_roi_points(feature, self.stride, rois, points)
         return self.coarse_head(x.unflatten(2, (side, side)))
 
+    @module_scope
     def point_logits(self, feature: torch.Tensor, rois: torch.Tensor, coarse: torch.Tensor,
                      points: torch.Tensor) -> torch.Tensor:
         """(R, K, P) refined logits at box-relative ``points`` (R, P, 2)."""

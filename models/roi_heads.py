@@ -18,6 +18,7 @@ from dexport.models.batched import clip_boxes_per_row, rois_of, sizes_tensor, to
 from dexport.models.postprocess import detections_to_instances
 from dexport.models.rpn import match_labels, sample_labels
 from dexport.models.structures import Boxes, Instances, pairwise_iou
+from dexport.models.scoping import module_scope
 
 __all__ = [
     "ROIHeadsConfig", "ROIPooler", "boxes_to_rois", "split_by_image", "BoxHead", "BoxPredictor",
@@ -266,6 +267,7 @@ class ROIHeads(nn.Module):
         return detections_to_instances(detections, sizes), {}
 
     # ---- inference -------------------------------------------------------------------
+    @module_scope
     def detect(self, features: dict[str, torch.Tensor], proposals: dict[str, torch.Tensor],
                image_sizes: torch.Tensor) -> dict[str, torch.Tensor]:
         """Batched inference on the proposals of all images (``boxes``, ``image_index``,

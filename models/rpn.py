@@ -18,6 +18,7 @@ from torch import nn
 from dexport.models import ops
 from dexport.models.batched import clip_boxes_per_row, sizes_tensor, top_per_image
 from dexport.models.structures import Boxes, ImageList, Instances, pairwise_iou
+from dexport.models.scoping import module_scope
 
 __all__ = [
     "RPNConfig", "AnchorGenerator", "RPNHead", "RPN", "topk_count",
@@ -182,6 +183,7 @@ class RPN(nn.Module):
                      for i, size in enumerate(images.image_sizes)]
         return proposals, losses
 
+    @module_scope
     def propose(self, features: dict[str, torch.Tensor],
                 image_sizes: torch.Tensor) -> dict[str, torch.Tensor]:
         """Batched inference: proposals of every image (``boxes``, ``scores`` = objectness

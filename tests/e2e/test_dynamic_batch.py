@@ -41,6 +41,9 @@ def _check(name: str) -> None:
                                 probe_inputs=probes)
     PassManager("fix-batch-dim{batch=dynamic,resolution=dynamic}").run(graph)
     verify(graph)
+    if hasattr(model, "rpn"):  # reached through rpn.propose / roi_heads.detect, not forward
+        scopes = {(n.op, n.meta.scope) for n in graph.nodes() if n.op.startswith("dexport::")}
+        assert {("dexport::batched_nms", "rpn"), ("dexport::batched_nms", "roi_heads")} <= scopes
     assert [str(v.type) for v in graph.inputs] == ["f32[N,3,H,W]", "i64[N,2]", "i64[N,2]"]
     output_types = {k: str(v.type) for k, v in zip(graph.output_schema.keys, graph.outputs)}
     assert output_types["counts"] == "i64[N]" and output_types["boxes"].endswith(",4]")
