@@ -190,13 +190,9 @@ def test_coco_folder_scores_like_the_shapes_split(tmp_path):
 
 @pytest.fixture(scope="module")
 def panoptic_pair(tmp_path_factory):
-    """panoptic_fpn_tiny with mask_rcnn_tiny's trained weights in its instance branch (the
-    same R-CNN; the semantic head stays untrained), so PQ is not 0 for lack of matches;
-    and its exported ONNX artifact."""
+    """The trained panoptic_fpn_tiny and its exported ONNX artifact."""
     import dexport
-    model = zoo.get("panoptic_fpn_tiny")
-    model.load_state_dict(zoo.get("mask_rcnn_tiny").state_dict(), strict=False)
-    model.eval()
+    model = zoo.get("panoptic_fpn_tiny").eval()
     data = ShapesDataset("val", num_images=1, seed=3, image_size=96)
     out = tmp_path_factory.mktemp("panoptic") / "art"
     with warnings.catch_warnings():
@@ -214,7 +210,7 @@ def test_compare_ap_reports_pq_of_panoptic_export(panoptic_pair, capsys):
     table = compare_ap(model, loaded, data)
     assert list(table) == ["bbox", "segm", "panoptic"]
     assert list(table["panoptic"]) == ["PQ", "SQ", "RQ", "PQ_th", "PQ_st"]
-    assert table["panoptic"]["PQ_th"]["eager"] > 10
+    assert table["panoptic"]["PQ_th"]["eager"] > 50 and table["panoptic"]["PQ_st"]["eager"] > 50
     # 0 on these images; a mask pixel at the 0.5 threshold may flip with another runtime
     assert all(abs(v["diff"]) < 0.01 for v in table["panoptic"].values()), table["panoptic"]
 

@@ -12,8 +12,8 @@ from dexport.models.evaluation import evaluate
 SHIPPED = sorted(p.stem for p in zoo.WEIGHTS_DIR.glob("*.safetensors"))
 
 
-def test_the_three_trained_models_ship():
-    assert {"mask_rcnn_tiny", "keypoint_rcnn_tiny", "retinanet_tiny"} <= set(SHIPPED)
+def test_the_four_trained_models_ship():
+    assert {"mask_rcnn_tiny", "keypoint_rcnn_tiny", "retinanet_tiny", "panoptic_fpn_tiny"} <= set(SHIPPED)
 
 
 @pytest.mark.parametrize("name", SHIPPED)
