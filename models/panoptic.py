@@ -179,14 +179,13 @@ def _first_owner(masks: torch.Tensor) -> torch.Tensor:
 
 
 def _bin_counts(index: torch.Tensor, num_bins, weights: torch.Tensor | None = None):
-    """Per image (row of the (N, L) ``index``), for each bin b in [0, num_bins): how many
-    entries equal b (or the sum of their ``weights``); other values count nowhere. bincount
-    written as compare-and-sum: O(num_bins x L) like the masks themselves, but made of
-    ops every export backend has (ONNX has no bincount)."""
-    hits = index.unsqueeze(1) == torch.arange(num_bins, device=index.device)[None, :, None]
-    if weights is None:
-        return hits.sum(dim=2)
-    return (hits * weights.unsqueeze(1)).sum(dim=2)
+    """Per image (row of the (N, L) ``index``, values in [0, num_bins]), for each bin b in
+    [0, num_bins): how many entries equal b (or the sum of their ``weights``); the value
+    ``num_bins`` counts nowhere. A scatter-add into one spare bin more, dropped after:
+    O(L), where comparing every entry with every bin was O(num_bins x L)."""
+    source = torch.ones_like(index) if weights is None else weights
+    counts = source.new_zeros((index.shape[0], num_bins + 1))
+    return counts.scatter_add(1, index, source)[:, :-1]
 
 
 def _by_rank(values: torch.Tensor, image: torch.Tensor, slot: torch.Tensor, num_images,
@@ -246,8 +245,9 @@ def combine_batched(
     thing_area = _bin_counts(owner, num_slots)
 
     # Stuff: label the pixels no instance took.
-    probs = F.softmax(sem_seg, dim=1)
-    best_prob, labels = probs.max(dim=1)
+    best_logit, labels = sem_seg.max(dim=1)
+    # The winning class's softmax probability without the whole softmax: 1 / sum(exp(x - max)).
+    best_prob = torch.exp(sem_seg - best_logit.unsqueeze(1)).sum(dim=1).reciprocal()
     labels, best_prob = labels.flatten(1), best_prob.flatten(1)
     free = panoptic == 0
     if inside is not None:
