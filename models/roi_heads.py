@@ -92,13 +92,17 @@ class ROIPooler(nn.Module):
             return ops.roi_align(features[0], rois, self.scales[0], s, s, self.sampling_ratio, True)
         levels = ops.assign_fpn_levels(rois[:, 1:], self.min_level, self.max_level,
                                        self.canonical_box_size, self.canonical_level)
-        # rois.shape[0] is a tracked size under tracing, so the trace keeps the count dynamic.
-        out = features[0].new_zeros((rois.shape[0], features[0].shape[1], s, s))
+        rows, pooled = [], []
         for level, (feature, scale) in enumerate(zip(features, self.scales)):
             idx = torch.nonzero(levels == level).squeeze(1)
-            pooled = ops.roi_align(feature, rois[idx], scale, s, s, self.sampling_ratio, True)
-            out = out.index_put((idx,), pooled)
-        return out
+            rows.append(idx)
+            pooled.append(ops.roi_align(feature, rois[idx], scale, s, s, self.sampling_ratio, True))
+        # Back from level order to the rois' order with one gather: scattering every level
+        # into a zero tensor costs a full copy per level where updates are not in place.
+        rows = torch.cat(rows)
+        # rows.shape[0] is a tracked size under tracing, so the trace keeps the count dynamic.
+        position = torch.zeros_like(rows).scatter(0, rows, torch.arange(rows.shape[0], device=rows.device))
+        return torch.cat(pooled).index_select(0, position)
 
 
 class BoxHead(nn.Module):
