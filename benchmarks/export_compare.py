@@ -21,7 +21,7 @@ The symbolic functions map ``dexport::nms``/``batched_nms`` to NonMaxSuppression
 (classes separated by the coordinate-offset trick), ``roi_align`` to RoiAlign,
 and write box decoding, clipping, FPN level assignment and mask pasting out in
 standard ONNX ops, so the TorchScript exporter's model runs in plain onnxruntime;
-``heatmaps_to_keypoints`` goes to the custom domain ``dexport`` (no kernel: a
+``heatmaps_to_keypoints`` goes to the custom domain ``com.dexport`` (no kernel: a
 keypoint model's session fails, and that is reported). One torch bug needs a
 workaround: its ``aten::cumsum`` symbolic emits CumSum on bool tensors, which
 onnxruntime refuses ("Type 'tensor(bool)' ... of operator (CumSum) is invalid");
@@ -188,8 +188,10 @@ def _cumsum(g, x, dim, dtype=None):
 
 
 def _custom_domain(name):
+    """An op in the custom ONNX domain ``com.dexport`` (torch.onnx would re-convert a node
+    left in the ``dexport`` namespace, and fail)."""
     def symbolic(g, *args):
-        return g.op(f"dexport::{name}", *args)
+        return g.op(f"com.dexport::{name}", *args)
     return symbolic
 
 
