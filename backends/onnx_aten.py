@@ -513,10 +513,7 @@ def _flatten(ctx: LoweringContext, node: Node) -> list:
     if start == end:
         return [x]
     merged = ctx.reduce("ReduceProd", _first_dims(ctx, x, start, end + 1), [0], True)
-    parts = ([_first_dims(ctx, x, 0, start)] if start else []) + [merged] + \
-            ([_first_dims(ctx, x, end + 1)] if end + 1 < rank else [])
-    shape = parts[0] if len(parts) == 1 else ctx.op("Concat", *parts, axis=0)
-    return [_reshape(ctx, x, shape)]
+    return [_reshape_span(ctx, x, rank, start, end + 1, merged)]
 
 
 @lowering("aten::unflatten.int")
@@ -534,10 +531,16 @@ def _unflatten(ctx: LoweringContext, node: Node) -> list:
         sizes_name = ctx.op("Concat", *parts, axis=0) if len(parts) > 1 else parts[0]
     else:
         sizes_name = ctx.input(node, 2, torch.int64)
-    parts = ([_first_dims(ctx, x, 0, dim)] if dim else []) + [sizes_name] + \
-            ([_first_dims(ctx, x, dim + 1)] if dim + 1 < rank else [])
+    return [_reshape_span(ctx, x, rank, dim, dim + 1, sizes_name)]
+
+
+def _reshape_span(ctx: LoweringContext, x: str, rank: int, start: int, end: int, middle: str) -> str:
+    """``x`` reshaped with its dims [start, end) replaced by the 1-D int64 ``middle``
+    (flatten merges them, unflatten splits one)."""
+    parts = ([_first_dims(ctx, x, 0, start)] if start else []) + [middle] + \
+            ([_first_dims(ctx, x, end)] if end < rank else [])
     shape = parts[0] if len(parts) == 1 else ctx.op("Concat", *parts, axis=0)
-    return [_reshape(ctx, x, shape)]
+    return _reshape(ctx, x, shape)
 
 
 @lowering("aten::permute")
