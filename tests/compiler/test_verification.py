@@ -140,22 +140,15 @@ def test_json_is_deterministic(eager_run):
     assert doc["extremes"]["box_error_rel"]["index"] == 1
 
 
-@pytest.fixture(scope="module")
-def artifact(tmp_path_factory):
-    out = tmp_path_factory.mktemp("verify") / "mask_rcnn_tiny"
-    assert main(["export", "--model", "zoo:mask_rcnn_tiny", "--output", str(out), "--size", "64"]) == 0
-    return out
-
-
-def test_export_records_model_and_verification(artifact):
-    manifest = json.loads((artifact / "manifest.json").read_text())
+def test_export_records_model_and_verification(mask_rcnn_artifact):
+    manifest = json.loads((mask_rcnn_artifact / "manifest.json").read_text())
     assert manifest["model"] == "zoo:mask_rcnn_tiny"
     assert manifest["verification"]["ok"] and manifest["verification"]["kind"] == "detection"
 
 
-def test_cli_verify_passes_and_fails_with_exit_codes(artifact, tmp_path, capsys):
+def test_cli_verify_passes_and_fails_with_exit_codes(mask_rcnn_artifact, tmp_path, capsys):
     report = tmp_path / "report.json"
-    args = ["verify", str(artifact), "--images", "3", "--sizes", "80", "--batch", "1,2"]
+    args = ["verify", str(mask_rcnn_artifact), "--images", "3", "--sizes", "80", "--batch", "1,2"]
     assert main(args + ["--json", str(report)]) == 0
     out = capsys.readouterr().out
     assert "3/3 images match eager" in out and "mask IoU" in out
@@ -167,8 +160,8 @@ def test_cli_verify_passes_and_fails_with_exit_codes(artifact, tmp_path, capsys)
     assert "--sizes" in capsys.readouterr().err
 
 
-def test_cli_verify_run_eval_prints_both_aps(artifact, capsys):
-    assert main(["verify", str(artifact), "--images", "1", "--sizes", "64", "--run-eval",
+def test_cli_verify_run_eval_prints_both_aps(mask_rcnn_artifact, capsys):
+    assert main(["verify", str(mask_rcnn_artifact), "--images", "1", "--sizes", "64", "--run-eval",
                  "--eval-images", "4"]) == 0
     out = capsys.readouterr().out
     assert "COCO AP on shapes val (4 images, 128px), eager vs exported" in out

@@ -46,13 +46,6 @@ def assert_matches_eager(model, loaded, inputs):
     assert floor < 0.99 and min_mask_iou(report) >= floor - 0.01, (report.format_table(), floor)
 
 
-@pytest.fixture(scope="module")
-def mask_rcnn_artifact(tmp_path_factory):
-    out = tmp_path_factory.mktemp("art") / "mask_rcnn_tiny"
-    assert main(["export", "--model", "zoo:mask_rcnn_tiny", "--output", str(out), "--size", "64"]) == 0
-    return out
-
-
 def test_artifact_contents(mask_rcnn_artifact):
     manifest = json.loads((mask_rcnn_artifact / MANIFEST).read_text())
     assert sorted(p.name for p in mask_rcnn_artifact.iterdir()) == [MANIFEST, "model.onnx"]
