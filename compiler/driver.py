@@ -74,6 +74,9 @@ def probe_batches(example: list[dict], batch: str | int) -> list[tuple]:
     would make a probe's height or width equal the example's."""
     import torch.nn.functional as F
 
+    n = len(example)
+    counts = (n, n) if batch != "dynamic" else (n + 1, n + 2)
+
     def resized(count: int, scale: float, dh: int, dw: int) -> list[dict]:
         out = []
         for k in range(count):
@@ -90,8 +93,6 @@ def probe_batches(example: list[dict], batch: str | int) -> list[tuple]:
     def padded_sizes(inputs: list[dict]) -> tuple:
         return tuple(batched_inputs((inputs,))[0].shape[-2:])
 
-    n = len(example)
-    counts = (n, n) if batch != "dynamic" else (n + 1, n + 2)
     longest = max(max(x["image"].shape[-2:]) for x in example)
     scaled = probes(min(1.0, PROBE_SIDE / longest))
     sizes = [padded_sizes(example)] + [padded_sizes(p[0]) for p in scaled]
