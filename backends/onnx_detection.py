@@ -1,6 +1,6 @@
 """ONNX lowerings of the ``dexport::`` detection ops, in standard ONNX only.
 
-Every lowering reproduces the op's CPU kernel in ``dexport.models.ops`` (which
+Every lowering reproduces the op's CPU kernel in ``dexport.ir.dialects.dexport`` (which
 defines the semantics), step by step where the kernel's float operations can be
 repeated, so most results are bit-identical; the exceptions are the transcendental
 functions (Exp/Log, a few ulps) and reductions whose summation order differs.

@@ -286,7 +286,7 @@ def compare_model(name: str, *, size: int = 512, threads: int = 2, runs: int = 1
     from dexport.verification import compare_outputs
     from dexport.loader import detection_results
     from dexport.models import zoo
-    from dexport.models.batched import stack_inputs
+    from dexport.ir.dialects.detection_io import stack_inputs
 
     torch.set_num_threads(threads)
     model = zoo.get(name, weights=weights).eval()

@@ -77,7 +77,7 @@ def backbone_floor(model: torch.nn.Module, images: torch.Tensor, image_sizes: to
     feeds it."""
     import dexport
     from dexport.backends.onnx import emit_onnx
-    from dexport.models.batched import normalize_images
+    from dexport.zoo import normalize_images
 
     backbone = model.backbone
     with torch.no_grad():
@@ -101,7 +101,7 @@ def bench(model: torch.nn.Module, *, name: str, artifacts=(), size: int = 512, b
     from dexport.cli import sample_images
     from dexport.driver import export, io_kind_of
     from dexport.loader import detection_results, load
-    from dexport.models.batched import stack_inputs
+    from dexport.ir.dialects.detection_io import stack_inputs
     from dexport.verification import compare_outputs
 
     if io_kind_of(model) != "detection":

@@ -373,8 +373,8 @@ def bisect_artifact(directory: str | os.PathLike, model: torch.nn.Module, check_
         if manifest.get("io") != "detection":
             raise DexportError(f"{directory}: bisecting a non-detector needs the inputs it was captured with",
                                hint="pass example_inputs (a factory returns (model, example_inputs, checks))")
-        from dexport.models.data import ShapesDataset
-        data = ShapesDataset("val", num_images=1 if batch == "dynamic" else int(batch), seed=0,
+        from dexport import zoo
+        data = zoo.shapes_dataset("val", num_images=1 if batch == "dynamic" else int(batch), seed=0,
                              image_size=capture_size)
         example_inputs = ([{"image": data[i]["image"]} for i in range(len(data))],)
     return bisect_model(model, example_inputs, check_inputs, method=manifest.get("method", "tracing"),

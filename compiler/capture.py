@@ -5,7 +5,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-import dexport.records  # noqa: F401  (the zoo's Instances/Boxes/ImageList flatten through schemas)
+import dexport.ir.dialects.structures  # noqa: F401  (Instances/Boxes/ImageList flatten through schemas)
 from dexport.ir.errors import CaptureError
 from dexport.ir.graph import Graph
 

@@ -34,12 +34,8 @@ class Progress:
 def load_model(spec: str, weights: str | None = "default"):
     """`zoo:NAME` or `package.module:factory` (a callable returning an nn.Module)."""
     if spec.startswith("zoo:"):
-        from dexport.models import zoo
-        name = spec[4:]
-        if name not in zoo.names():
-            raise DexportError(f"unknown zoo model {name!r}",
-                               hint="run `dexport zoo` for the list of names")
-        return zoo.get(name, weights=weights)
+        from dexport import zoo
+        return zoo.get(spec[4:], weights=weights)
     module_name, _, attr = spec.partition(":")
     if not attr:
         raise DexportError(f"--model {spec!r} is neither zoo:NAME nor package.module:factory",
@@ -54,8 +50,8 @@ def load_model(spec: str, weights: str | None = "default"):
 
 def sample_images(count: int, size: int, seed: int):
     """Images from the synthetic shapes data, in the zoo's input format."""
-    from dexport.models.data import ShapesDataset
-    data = ShapesDataset("val", num_images=count, seed=seed, image_size=size)
+    from dexport import zoo
+    data = zoo.shapes_dataset("val", num_images=count, seed=seed, image_size=size)
     return [{"image": data[i]["image"]} for i in range(count)]
 
 
@@ -143,7 +139,7 @@ def _tolerances(args):
 
 
 def _eval_source(args, spec: str | None):
-    from dexport.models.data import ShapesDataset, dataset_for_model
+    from dexport import zoo
     from dexport.verification import CocoFolder
     if args.coco_json or args.image_dir:
         if not (args.coco_json and args.image_dir):
@@ -153,9 +149,9 @@ def _eval_source(args, spec: str | None):
         raise DexportError(f"--eval-images {args.eval_images}: expected a positive number")
     kwargs = dict(num_images=args.eval_images, seed=0, image_size=args.eval_size)
     if spec and spec.startswith("zoo:"):
-        data = dataset_for_model(spec[4:], "val", **kwargs)
+        data = zoo.dataset_for_model(spec[4:], "val", **kwargs)
     else:
-        data = ShapesDataset("val", **kwargs)
+        data = zoo.shapes_dataset("val", **kwargs)
     return data, f"shapes val ({len(data)} images, {args.eval_size}px)"
 
 
@@ -186,13 +182,13 @@ def _verify_inputs(args, manifest, made):
             return list(made[2])
         raise DexportError("this artifact is not a detector: dexport verify needs held-out inputs from its factory",
                            hint="let the factory return (model, example_inputs, [check_inputs, ...])")
-    from dexport.models.data import ShapesDataset
+    from dexport import zoo
     sizes, batches = _parse_ints(args.sizes, "--sizes", "96,160"), _parse_ints(args.batch, "--batch", "1,2,3")
     if args.images <= 0:
         raise DexportError(f"--images {args.images}: expected a positive number")
     inputs = []
     for k, size in enumerate(sizes):
-        data = ShapesDataset("val", num_images=args.images, seed=1000 + k, image_size=size)
+        data = zoo.shapes_dataset("val", num_images=args.images, seed=1000 + k, image_size=size)
         start, b = 0, 0
         while start < args.images:
             n = min(batches[b % len(batches)], args.images - start)
@@ -267,7 +263,7 @@ def _add_eval_flags(p) -> None:
 
 
 def cmd_zoo(args) -> int:
-    from dexport.models import zoo
+    from dexport import zoo
     for name in zoo.names():
         print(name)
     return 0

@@ -8,7 +8,7 @@ Two ways a model's inputs and outputs reach the emitted graph:
 * ``detection``: a zoo-style detector (a model with ``forward_batched``). The
   graph takes one padded batch ``images f32[N,3,H,W]``, ``image_sizes i64[N,2]``
   and ``output_sizes i64[N,2]`` and returns concatenated detections with per-image
-  ``counts`` (the format of ``dexport.models.batched``), so one artifact serves any
+  ``counts`` (the format of ``dexport.ir.dialects.detection_io``), so one artifact serves any
   batch size and resolution. The loader does the padding and splits the results
   back into the model's own list of dicts.
 """
@@ -104,7 +104,7 @@ def probe_batches(example: list[dict], batch: str | int) -> list[tuple]:
 def batched_inputs(model_inputs: tuple) -> tuple:
     """A detector's list-of-dicts call arguments as its batched graph's inputs
     (images, image_sizes, output_sizes)."""
-    from dexport.models.batched import stack_inputs
+    from dexport.ir.dialects.detection_io import stack_inputs
     return tuple(stack_inputs(model_inputs[0], "cpu")[:3])
 
 

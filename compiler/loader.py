@@ -54,7 +54,7 @@ class LoadedModel:
         return self.output_schema.rebuild(self.run_flat(flat))
 
     def _call_detection(self, batched_inputs: list[dict]) -> list[dict]:
-        from dexport.models.batched import stack_inputs
+        from dexport.ir.dialects.detection_io import stack_inputs
         images, image_sizes, output_sizes, sizes = stack_inputs(batched_inputs, "cpu")
         outputs = self.output_schema.rebuild(self.run_flat([images, image_sizes, output_sizes]))
         return detection_results(outputs, sizes.outputs)
@@ -63,8 +63,8 @@ class LoadedModel:
 def detection_results(outputs: dict[str, torch.Tensor], output_sizes: list[tuple]) -> list[dict]:
     """The batched detection format as the zoo's list API returns it: one dict per
     image with ``instances`` and, for PanopticFPN, ``sem_seg`` and ``panoptic_seg``."""
-    from dexport.models.batched import DETECTION_FIELDS, SEGMENT_FIELDS, split_outputs
-    from dexport.models.postprocess import instances_from_fields
+    from dexport.ir.dialects.detection_io import (DETECTION_FIELDS, SEGMENT_FIELDS, instances_from_fields,
+                                                  split_outputs)
 
     results = []
     for item, size in zip(split_outputs(outputs, output_sizes), output_sizes):

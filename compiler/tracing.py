@@ -39,9 +39,9 @@ SMALL_CONSTANT_NUMEL = 8
 
 _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
 _DEXPORT_COMPILER_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
-# The zoo's op wrappers only forward to torch.ops.dexport.*: the useful line is
-# the model code that called them.
-_OP_WRAPPER_FILE = os.path.abspath(importlib.util.find_spec("dexport.models.ops").origin)
+# The dialects' op wrappers and records (Boxes, Instances) are dexport's code too: the
+# useful line is the model code that called them.
+_DIALECTS_DIR = os.path.dirname(os.path.abspath(importlib.util.find_spec("dexport.ir.dialects").origin)) + os.sep
 
 # The integer codes TorchScript uses for these enums, as the torch objects they mean.
 _DTYPE_CODES = {torch.ops.prim.dtype(torch.empty(0, dtype=d)): d
@@ -138,7 +138,7 @@ def _capture_error(exc: Exception, scope: str | None) -> CaptureError:
 def _is_user_file(path: str) -> bool:
     path = os.path.abspath(path) if not path.startswith("<") else path
     return not (path.startswith(_TORCH_DIR) or path.startswith(_DEXPORT_COMPILER_DIR)
-                or path == _OP_WRAPPER_FILE)
+                or path.startswith(_DIALECTS_DIR))
 
 
 _relative_paths: dict[str, str] = {}

@@ -180,7 +180,7 @@ def match_detections(expected, actual, min_iou: float = 0.5) -> list[tuple[int, 
     earlier one) each take the unmatched exported detection of the same class with the
     highest IoU (ties: the earlier one), if that IoU reaches ``min_iou``. Output order
     does not matter, so score ties that swap places still match."""
-    from dexport.models.structures import Boxes, pairwise_iou
+    from dexport.ir.dialects.structures import Boxes, pairwise_iou
     if not len(expected) or not len(actual):
         return []
     iou = pairwise_iou(Boxes(_boxes(expected)), Boxes(_boxes(actual)))
@@ -431,9 +431,9 @@ def compare_ap(eager: Callable, exported: Callable, source, *, iou_types=None,
 
 
 def _ap(predictor, source, iou_types, batch_size, notes: list) -> dict:
-    from dexport.models import evaluation
+    from dexport import zoo
     try:
-        return evaluation.evaluate(predictor, source, iou_types, batch_size=batch_size, notes=notes)
+        return zoo.evaluate(predictor, source, iou_types, batch_size=batch_size, notes=notes)
     except ValueError as err:  # unknown iou_types
         raise DexportError(str(err)) from None
 

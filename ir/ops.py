@@ -6,10 +6,15 @@ Two kinds of ops live here:
   (``prim::device``) and custom ops registered with ``torch.library``
   (``dexport::nms``). They are looked up lazily from ``torch.ops`` on first use
   and cached: the schema, the arity and the kernel all come from torch, so
-  dexport never restates what torch already knows.
+  dexport never restates what torch already knows. A custom op whose outputs
+  follow from its inputs can add a precise type rule with ``register_type_rule``.
 * **dexport-owned ops** — the structural ops of the IR (constants, params,
   lists, tuples, control flow, records), registered with ``register_op``.
   ``registered_ops()`` lists them.
+
+The ops dexport defines live in its dialects (``dexport.ir.dialects``: ``prim``,
+``struct``, ``dexport``), which this module imports at its end, so every op is
+known once ``dexport.ir.ops`` is imported.
 
 A kernel is ``kernel(node, *input_values) -> tuple`` (one entry per output);
 a type rule is ``type_rule(node) -> list[Type]`` (the output types implied by
@@ -17,16 +22,15 @@ the node's inputs and attributes).
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
 
 from dexport.ir.errors import DexportError
-from dexport.ir.types import (ANY, BOOL, DEVICE, DTYPE, FLOAT, INT, NONE, STR, TENSOR,
-                              ListType, OptionalType, RecordType, ScalarType, TensorType,
-                              TupleType, Type, tensor_type_of)
+from dexport.ir.types import (ANY, BOOL, DEVICE, DTYPE, FLOAT, INT, NONE, STR, ListType,
+                              OptionalType, ScalarType, TensorType, TupleType, Type,
+                              tensor_type_of)
 
 Kernel = Callable[..., tuple]
 TypeRule = Callable[[Any], list]
@@ -45,9 +49,7 @@ class OpDef:
 
 _OWNED: dict[str, OpDef] = {}
 _TORCH_CACHE: dict[str, OpDef] = {}
-# Namespaces whose torch.library registrations live in a dexport module that must be
-# imported before the first lookup.
-_LIBRARY_MODULES = {"dexport": "dexport.models.ops"}
+_TYPE_RULES: dict[tuple[str, str, str], TypeRule] = {}  # by split_op_name
 
 
 def register_op(name: str, *, num_inputs: int | None, num_outputs: int | None,
@@ -64,6 +66,23 @@ def register_op(name: str, *, num_inputs: int | None, num_outputs: int | None,
     _OWNED[name] = opdef
     return opdef
 
+
+def register_type_rule(name: str, type_rule: TypeRule) -> None:
+    """Give the torch op ``name`` (e.g. a ``torch.library`` custom op) a type rule more
+    precise than its schema's (which knows only "a Tensor"). One rule per op."""
+    key = _overload_key(name)
+    if key in _TYPE_RULES:
+        raise DexportError(f"op {name!r} already has a type rule", op=name,
+                           hint="an op's type rule is defined once, by the dialect that owns the op")
+    if any(_overload_key(cached) == key for cached in _TORCH_CACHE):
+        raise DexportError(f"op {name!r} was looked up before its type rule was registered", op=name,
+                           hint="register type rules when the dialect module is imported")
+    _TYPE_RULES[key] = type_rule
+
+
+def _overload_key(name: str) -> tuple[str, str, str]:
+    # "dexport::nms" and "dexport::nms.default" name the same overload.
+    return split_op_name(name)
 
 def registered_ops() -> list[str]:
     """The dexport-owned op names, sorted."""
@@ -100,8 +119,6 @@ def split_op_name(name: str) -> tuple[str, str, str]:
 
 def _torch_opdef(name: str) -> OpDef:
     ns, base, overload_name = split_op_name(name)
-    if ns in _LIBRARY_MODULES:
-        importlib.import_module(_LIBRARY_MODULES[ns])
     try:
         packet = getattr(getattr(torch.ops, ns), base)
     except (AttributeError, RuntimeError):
@@ -125,7 +142,7 @@ def _torch_opdef(name: str) -> OpDef:
     kernel = _GENERIC_LIST_KERNELS.get(name) or _torch_kernel(
         overload, num_positional, kwarg_names, num_returns, variadic)
     return OpDef(name, None if variadic else len(args), num_returns, kernel,
-                 _schema_type_rule(schema), schema, overload.__doc__ or "")
+                 _TYPE_RULES.get((ns, base, overload_name)) or _schema_type_rule(schema), schema, overload.__doc__ or "")
 
 
 def _torch_kernel(overload, num_positional: int, kwarg_names: tuple[str, ...],
@@ -255,145 +272,20 @@ def unify_types(types: Sequence[Type]) -> Type:
     return ANY
 
 
-class Record:
-    """The run-time value of ``struct::construct``: a kind and ordered named fields."""
-    __slots__ = ("kind", "fields")
-
-    def __init__(self, kind: str, fields: dict[str, Any]):
-        self.kind = kind
-        self.fields = fields
-
-    def __repr__(self) -> str:
-        return f"Record({self.kind}, {list(self.fields)})"
-
-
-def _node_error(node, what: str, hint: str) -> DexportError:
+def node_error(node, what: str, hint: str) -> DexportError:
+    """A kernel's error about ``node``, naming its op, scope and source line."""
     return DexportError(what, op=node.op, scope=node.meta.scope, source=node.meta.source, hint=hint)
 
 
-# --------------------------------------------------------------------------- dexport-owned ops
-
-def _constant_kernel(node):
-    return (node.attrs["value"],)
-
-
-def _param_kernel(node):
-    graph = node.graph
-    name = node.attrs["name"]
-    if graph is None or name not in graph.params:
-        raise _node_error(node, f"parameter {name!r} is not in graph.params",
-                          "add the tensor with graph.add_param(name, tensor)")
-    return (graph.params[name],)
+def constant_input(node, index: int, default: Any = None) -> Any:
+    """The value of input ``index`` when a ``prim::Constant`` produces it, else
+    ``default`` (type rules use it for sizes given as constant arguments)."""
+    producer = node.inputs[index].node
+    if producer is not None and producer.op == "prim::Constant":
+        return producer.attrs["value"]
+    return default
 
 
-def _param_type(node):
-    graph = node.graph
-    tensor = graph.params.get(node.attrs["name"]) if graph is not None else None
-    return [tensor_type_of(tensor) if tensor is not None else TENSOR]
-
-
-def _unpack_kernel(node, seq):
-    if len(seq) != len(node.outputs):
-        raise _node_error(node, f"{node.op} of {len(seq)} elements into {len(node.outputs)} outputs",
-                          "the unpacked sequence's length differs from the one seen at capture")
-    return tuple(seq)
-
-
-def _list_unpack_type(node):
-    t = node.inputs[0].type
-    elem = t.elem if isinstance(t, ListType) else ANY
-    return [elem] * len(node.outputs)
-
-
-def _tuple_unpack_type(node):
-    t = node.inputs[0].type
-    if isinstance(t, TupleType) and len(t.elems) == len(node.outputs):
-        return list(t.elems)
-    return [ANY] * len(node.outputs)
-
-
-def _num_to_tensor_type(node):
-    dtype = {INT: torch.int64, FLOAT: torch.float64, BOOL: torch.bool}.get(node.inputs[0].type)
-    return [TensorType(dtype, ())]
-
-
-def _if_kernel(node, cond):
-    from dexport.ir.interpreter import run_if
-    return run_if(node, cond)
-
-
-def _if_type(node):
-    per_block = [[v.type for v in b.returns] for b in node.blocks]
-    return [unify_types(list(ts)) for ts in zip(*per_block)]
-
-
-def _loop_kernel(node, max_trip, cond, *carried):
-    from dexport.ir.interpreter import run_loop
-    return run_loop(node, max_trip, cond, carried)
-
-
-def _struct_construct_kernel(node, *inputs):
-    fields = node.attrs["fields"]
-    if len(fields) != len(inputs):
-        raise _node_error(node, f"struct::construct has {len(inputs)} inputs for {len(fields)} fields",
-                          "give one input per name in the 'fields' attribute")
-    return (Record(node.attrs["kind"], dict(zip(fields, inputs))),)
-
-
-def _struct_construct_type(node):
-    fields = tuple(zip(node.attrs["fields"], (v.type for v in node.inputs)))
-    return [RecordType(node.attrs["kind"], fields)]
-
-
-def _struct_get_kernel(node, record):
-    name = node.attrs["field"]
-    if isinstance(record, Record):
-        if name not in record.fields:
-            raise _node_error(node, f"record {record.kind} has no field {name!r}",
-                              f"its fields are {list(record.fields)}")
-        return (record.fields[name],)
-    return (getattr(record, name),)  # a user structure such as Instances
-
-
-def _struct_get_type(node):
-    t = node.inputs[0].type
-    if isinstance(t, RecordType):
-        try:
-            return [t.field(node.attrs["field"])]
-        except KeyError:
-            pass
-    return [ANY]
-
-
-register_op("prim::Constant", num_inputs=0, num_outputs=1, kernel=_constant_kernel,
-            type_rule=lambda node: [type_of_constant(node.attrs["value"])],
-            doc="The constant attrs['value'].")
-register_op("prim::Param", num_inputs=0, num_outputs=1, kernel=_param_kernel,
-            type_rule=_param_type, doc="The tensor graph.params[attrs['name']].")
-register_op("prim::ListConstruct", num_inputs=None, num_outputs=1,
-            kernel=lambda node, *xs: (list(xs),),
-            type_rule=lambda node: [ListType(unify_types([v.type for v in node.inputs]))],
-            doc="A list of the inputs.")
-register_op("prim::ListUnpack", num_inputs=1, num_outputs=None, kernel=_unpack_kernel,
-            type_rule=_list_unpack_type, doc="The elements of a list, one output each.")
-register_op("prim::TupleConstruct", num_inputs=None, num_outputs=1,
-            kernel=lambda node, *xs: (tuple(xs),),
-            type_rule=lambda node: [TupleType(tuple(v.type for v in node.inputs))],
-            doc="A tuple of the inputs.")
-register_op("prim::TupleUnpack", num_inputs=1, num_outputs=None, kernel=_unpack_kernel,
-            type_rule=_tuple_unpack_type, doc="The elements of a tuple, one output each.")
-register_op("prim::NumToTensor", num_inputs=1, num_outputs=1,
-            kernel=lambda node, x: (torch.ops.prim.NumToTensor.Scalar(x),),
-            type_rule=_num_to_tensor_type,
-            doc="A 0-d tensor holding a number (int -> i64, float -> f64, bool -> b8).")
-register_op("prim::If", num_inputs=1, num_outputs=None, kernel=_if_kernel, type_rule=_if_type,
-            doc="Runs blocks[0] if the condition holds, else blocks[1]; their returns are the outputs.")
-register_op("prim::Loop", num_inputs=None, num_outputs=None, kernel=_loop_kernel,
-            type_rule=lambda node: [v.type for v in node.inputs[2:]],
-            doc="TorchScript loop: inputs (max_trip, cond, carried...); the body takes "
-                "(iter, carried...) and returns (cond, carried...); outputs the final carried.")
-register_op("struct::construct", num_inputs=None, num_outputs=1, kernel=_struct_construct_kernel,
-            type_rule=_struct_construct_type,
-            doc="A record of attrs['kind'] whose attrs['fields'] are the inputs, in order.")
-register_op("struct::get", num_inputs=1, num_outputs=1, kernel=_struct_get_kernel,
-            type_rule=_struct_get_type, doc="The field attrs['field'] of a record.")
+# The dialects register their ops with the functions above; importing them here means
+# looking up any op dexport defines needs nothing but this module.
+import dexport.ir.dialects  # noqa: E402,F401

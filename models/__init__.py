@@ -1,1 +1,1 @@
-"""dexport.models: the reference detection zoo, written in plain torch (imports torch only)."""
+"""dexport.models: the reference detection zoo, written in plain torch (imports torch and dexport.ir.dialects only)."""

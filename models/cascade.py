@@ -15,14 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dexport.models import ops, zoo
+from dexport.ir.dialects import dexport as ops
+from dexport.ir.dialects.structures import Boxes, Instances, pairwise_iou
+from dexport.models import zoo
 from dexport.models.rcnn import GeneralizedRCNN, RCNNConfig
 from dexport.models.batched import clip_boxes_per_row, rois_of
-from dexport.models.roi_heads import (
-    BoxHead, BoxPredictor, ROIHeads, boxes_to_rois, select_detections, split_by_image,
-)
+from dexport.models.roi_heads import (BoxHead, BoxPredictor, ROIHeads, boxes_to_rois,
+                                      select_detections, split_by_image)
 from dexport.models.rpn import match_labels
-from dexport.models.structures import Boxes, Instances, pairwise_iou
 
 __all__ = ["CascadeConfig", "CascadeBoxPredictor", "CascadeROIHeads", "CascadeRCNN"]
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_util
 
-from dexport.models.structures import Boxes, Instances
+from dexport.ir.dialects.structures import Boxes, Instances
 
 __all__ = [
     "THING_CLASSES",

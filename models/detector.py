@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dexport.models.structures import ImageList, Instances
+from dexport.ir.dialects.structures import ImageList, Instances
 
 
 class Detector(nn.Module):

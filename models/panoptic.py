@@ -14,16 +14,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dexport.models import zoo
-from dexport.models.batched import (
-    DETECTION_FIELDS, SEGMENT_FIELDS, group_counts, rank_in_group, sizes_tensor, split_outputs,
-    stack_inputs,
+from dexport.ir.dialects.detection_io import (
+    DETECTION_FIELDS, SEGMENT_FIELDS, instances_from_fields, sizes_tensor, split_outputs, stack_inputs,
 )
+from dexport.ir.dialects.structures import ImageList
+from dexport.models import zoo
+from dexport.models.batched import group_counts, rank_in_group
 from dexport.models.postprocess import (
-    detections_to_instances, instances_from_fields, postprocess_detections,
+    detections_to_instances, postprocess_detections,
 )
 from dexport.models.rcnn import GeneralizedRCNN, RCNNConfig
-from dexport.models.structures import ImageList
 
 __all__ = [
     "PanopticFPNConfig", "SemSegFPNHead", "PanopticFPN", "PanopticPostprocess",
@@ -352,7 +352,7 @@ class PanopticPostprocess(nn.Module):
     """Every image at once: rescale detections (``postprocess_detections``) and semantic
     logits (``sem_seg_postprocess_batched``) to the requested output sizes, then merge
     them (``combine_batched``); the result is in the batched format
-    (dexport.models.batched). Installed as ``model.postprocess``."""
+    (dexport.ir.dialects.detection_io). Installed as ``model.postprocess``."""
 
     def __init__(self, overlap_threshold: float, stuff_area_thresh: int,
                  instances_score_thresh: float, mask_threshold: float = 0.5):
@@ -418,7 +418,7 @@ class PanopticFPN(GeneralizedRCNN):
     def forward_batched(self, images: torch.Tensor, image_sizes: torch.Tensor,
                         output_sizes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The batched format: detections with ``counts``, ``sem_seg``, ``panoptic_seg``
-        and the ``segment_*`` fields with ``segment_counts`` (dexport.models.batched)."""
+        and the ``segment_*`` fields with ``segment_counts`` (detection_io)."""
         detections, sem_seg = self.detect_all(images, image_sizes)
         return self.postprocess(detections, sem_seg, image_sizes,
                                 image_sizes if output_sizes is None else output_sizes)

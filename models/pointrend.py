@@ -20,7 +20,7 @@ from dexport.models import zoo
 from dexport.models.rcnn import GeneralizedRCNN, RCNNConfig
 from dexport.models.batched import group_counts, rank_in_group, rois_of
 from dexport.models.roi_heads import ROIHeads, boxes_to_rois
-from dexport.models.structures import Instances
+from dexport.ir.dialects.structures import Instances
 from dexport.models.scoping import module_scope
 
 __all__ = [

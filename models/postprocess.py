@@ -9,21 +9,21 @@ whole batch: ``boxes`` f32[M, 4] at the input resolution, ``image_index`` i64[M]
 (rows grouped by image), ``scores``, ``classes``, and optionally ``mask_probs``
 f32[M, 1, S, S] (the predicted class's mask probabilities) and ``keypoints``
 f32[M, K, 3]. The output is the "batched detections" format of
-:mod:`dexport.models.batched`.
+:mod:`dexport.ir.dialects.detection_io`.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from dexport.models import ops
-from dexport.models.batched import (
-    DETECTION_FIELDS, clip_boxes_per_row, group_counts, sizes_tensor, split_outputs,
+from dexport.ir.dialects import dexport as ops
+from dexport.ir.dialects.detection_io import (
+    DETECTION_FIELDS, INSTANCE_FIELD_NAMES, instances_from_fields, sizes_tensor, split_outputs,
 )
-from dexport.models.structures import Boxes, Instances
+from dexport.ir.dialects.structures import Boxes, Instances
+from dexport.models.batched import clip_boxes_per_row, group_counts
 
-__all__ = ["postprocess_detections", "detector_postprocess", "instances_from_fields",
-           "detections_to_instances", "Postprocess"]
+__all__ = ["postprocess_detections", "detector_postprocess", "detections_to_instances", "Postprocess"]
 
 
 def postprocess_detections(detections: dict[str, torch.Tensor], image_sizes: torch.Tensor,
@@ -68,11 +68,6 @@ def _paste(probs, boxes, out_size, output_sizes, threshold):
     return masks & rows[:, :, None] & cols[:, None, :]
 
 
-# Instances field name <-> batched detection name.
-_FIELD_NAMES = {"pred_boxes": "boxes", "pred_classes": "classes", "pred_masks": "mask_probs",
-                "pred_keypoints": "keypoints"}
-
-
 def detector_postprocess(results: Instances, output_height, output_width,
                          mask_threshold: float = 0.5) -> Instances:
     """Rescale one image's detections from its input size to (output_height, output_width).
@@ -81,21 +76,13 @@ def detector_postprocess(results: Instances, output_height, output_width,
     probabilities) become n×H×W bool masks. Sizes may be ints or 0-d tensors.
     """
     device = results.pred_boxes.device
-    detections = {_FIELD_NAMES.get(k, k): v.tensor if k == "pred_boxes" else v
+    detections = {INSTANCE_FIELD_NAMES.get(k, k): v.tensor if k == "pred_boxes" else v
                   for k, v in results.fields.items()}
     detections["image_index"] = torch.zeros(len(results), dtype=torch.int64, device=device)
     out = postprocess_detections(detections, sizes_tensor([results.image_size], device),
                                  sizes_tensor([(output_height, output_width)], device),
                                  mask_threshold)
     return detections_to_instances(out, [(output_height, output_width)])[0]
-
-
-def instances_from_fields(fields: dict[str, torch.Tensor], image_size) -> Instances:
-    """One image's detection fields (batched names) as an Instances with the list API's
-    field names (pred_boxes, scores, pred_classes, pred_masks, pred_keypoints)."""
-    names = {v: k for k, v in _FIELD_NAMES.items()} | {"masks": "pred_masks"}
-    return Instances(image_size, **{names.get(k, k): Boxes(v) if k == "boxes" else v
-                                    for k, v in fields.items()})
 
 
 def detections_to_instances(detections: dict[str, torch.Tensor],

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 import torch
 
 from dexport.models.backbone import BackboneConfig, build_backbone
-from dexport.models.batched import normalize_images, stack_inputs
+from dexport.ir.dialects.detection_io import stack_inputs
+from dexport.models.batched import normalize_images
 from dexport.models.detector import Detector
 from dexport.models.postprocess import Postprocess, detections_to_instances
 from dexport.models.roi_heads import ROIHeads, ROIHeadsConfig
@@ -65,7 +66,7 @@ class GeneralizedRCNN(Detector):
     (gt_boxes, gt_classes, [gt_masks], [gt_keypoints]) and it returns a dict of losses.
 
     ``forward_batched(images, image_sizes, output_sizes)`` is the same inference on
-    tensors, for export: see :mod:`dexport.models.batched` for the formats. The list
+    tensors, for export: see :mod:`dexport.ir.dialects.detection_io` for the formats. The list
     API is a thin wrapper over it (stack, ``forward_batched``, split).
     """
 
@@ -90,7 +91,7 @@ class GeneralizedRCNN(Detector):
     def forward_batched(self, images: torch.Tensor, image_sizes: torch.Tensor,
                         output_sizes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Detections of a whole batch in the batched format: ``boxes``, ``scores``,
-        ``classes``, [``masks``], [``keypoints``], ``counts`` (dexport.models.batched)."""
+        ``classes``, [``masks``], [``keypoints``], ``counts`` (detection_io)."""
         detections = self.detect(images, image_sizes)
         return self.postprocess(detections, image_sizes,
                                 image_sizes if output_sizes is None else output_sizes)

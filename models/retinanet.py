@@ -15,18 +15,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dexport.models import ops, zoo
+from dexport.ir.dialects import dexport as ops
+from dexport.ir.dialects.detection_io import stack_inputs
+from dexport.ir.dialects.structures import Boxes, Instances, pairwise_iou
+from dexport.models import zoo
 from dexport.models.backbone import BackboneConfig, build_backbone
-from dexport.models.batched import normalize_images, stack_inputs, top_per_image
+from dexport.models.batched import normalize_images, top_per_image
 from dexport.models.detector import Detector
 from dexport.models.postprocess import Postprocess, detections_to_instances
 from dexport.models.rpn import AnchorGenerator, match_labels, topk_count
-from dexport.models.structures import Boxes, Instances, pairwise_iou
 
-__all__ = [
-    "RetinaNetConfig", "MultiScaleAnchorGenerator", "RetinaNetHead", "RetinaNet",
-    "sigmoid_focal_loss",
-]
+__all__ = ["RetinaNetConfig", "MultiScaleAnchorGenerator", "RetinaNetHead", "RetinaNet",
+           "sigmoid_focal_loss"]
 
 
 @dataclass(frozen=True)
@@ -139,7 +139,7 @@ class RetinaNet(Detector):
     Eval mode returns ``[{"instances": Instances(pred_boxes, scores, pred_classes)}]``;
     training mode (inputs with "instances": gt_boxes, gt_classes) returns
     ``{"loss_cls", "loss_box_reg"}``. ``forward_batched`` is the tensor-only inference
-    the list API wraps (see dexport.models.batched).
+    the list API wraps (see dexport.ir.dialects.detection_io).
     """
 
     def __init__(self, cfg: RetinaNetConfig):
@@ -172,7 +172,7 @@ class RetinaNet(Detector):
     def forward_batched(self, images: torch.Tensor, image_sizes: torch.Tensor,
                         output_sizes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Detections of a whole batch in the batched format (``boxes``, ``scores``,
-        ``classes``, ``counts``; see dexport.models.batched)."""
+        ``classes``, ``counts``; see detection_io)."""
         x = normalize_images(images, image_sizes, self.pixel_mean, self.pixel_std,
                              self.backbone.size_divisibility)
         detections = self.detect(*self.head_outputs(self.backbone(x)))

@@ -13,17 +13,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dexport.models import ops
-from dexport.models.batched import clip_boxes_per_row, rois_of, sizes_tensor, top_per_image
+from dexport.ir.dialects import dexport as ops
+from dexport.ir.dialects.detection_io import sizes_tensor
+from dexport.models.batched import clip_boxes_per_row, rois_of, top_per_image
 from dexport.models.postprocess import detections_to_instances
 from dexport.models.rpn import match_labels, sample_labels
-from dexport.models.structures import Boxes, Instances, pairwise_iou
+from dexport.ir.dialects.structures import Boxes, Instances, pairwise_iou
 from dexport.models.scoping import module_scope
 
 __all__ = [
     "ROIHeadsConfig", "ROIPooler", "boxes_to_rois", "split_by_image", "BoxHead", "BoxPredictor",
-    "MaskHead", "KeypointHead", "ROIHeads", "select_detections",
-    "keypoints_to_heatmap_targets",
+    "MaskHead", "KeypointHead", "ROIHeads", "select_detections", "keypoints_to_heatmap_targets",
 ]
 
 

@@ -15,14 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dexport.models import ops
-from dexport.models.batched import clip_boxes_per_row, sizes_tensor, top_per_image
-from dexport.models.structures import Boxes, ImageList, Instances, pairwise_iou
+from dexport.ir.dialects import dexport as ops
+from dexport.ir.dialects.detection_io import sizes_tensor
+from dexport.models.batched import clip_boxes_per_row, top_per_image
+from dexport.ir.dialects.structures import Boxes, ImageList, Instances, pairwise_iou
 from dexport.models.scoping import module_scope
 
 __all__ = [
-    "RPNConfig", "AnchorGenerator", "RPNHead", "RPN", "topk_count",
-    "match_labels", "sample_labels",
+    "RPNConfig", "AnchorGenerator", "RPNHead", "RPN", "topk_count", "match_labels", "sample_labels",
 ]
 
 

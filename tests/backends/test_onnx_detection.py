@@ -2,7 +2,7 @@
 
 Each op is captured once at one input size, emitted once, and the one ONNX model
 is run in onnxruntime on random and edge-case inputs of other sizes (zero boxes
-included); the kernel in dexport.models.ops is the reference.
+included); the kernel in dexport.ir.dialects.dexport is the reference.
 """
 
 import numpy as np
@@ -14,7 +14,7 @@ from onnx import TensorProto, helper
 import dexport
 from dexport.backends.onnx import emit_onnx
 from dexport.ir.errors import DexportError
-from dexport.models import ops
+from dexport.ir.dialects import dexport as ops
 
 
 class _Call(torch.nn.Module):

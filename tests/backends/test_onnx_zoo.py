@@ -15,7 +15,7 @@ import dexport
 from dexport.backends.onnx import emit_onnx, run_onnx
 from dexport.ir.interpreter import run
 from dexport.models import zoo
-from dexport.models.batched import DETECTION_FIELDS, stack_inputs
+from dexport.ir.dialects.detection_io import DETECTION_FIELDS, stack_inputs
 from dexport.models.data import ShapesDataset
 
 CAPTURE_SIZE, RUN_SIZE = (64, 64), (80, 100)

@@ -11,7 +11,7 @@ import dexport
 from dexport import tracing
 from dexport.ir import CaptureError
 from dexport.ir.verifier import verify
-from dexport.models.structures import Boxes, Instances
+from dexport.ir.dialects.structures import Boxes, Instances
 
 TOL = 1e-5
 
@@ -353,7 +353,7 @@ def test_tiny_zoo_model_at_another_resolution():
 
 
 def test_zoo_op_nodes_point_at_the_calling_line_not_the_wrapper():
-    from dexport.models import ops
+    from dexport.ir.dialects import dexport as ops
 
     class Keep(torch.nn.Module):
         def forward(self, boxes, scores):

@@ -14,7 +14,7 @@ from dexport.cli import main
 from dexport.models import zoo
 from dexport.models.data import ShapesDataset, to_coco_json
 from dexport.models.evaluation import evaluate
-from dexport.models.structures import Boxes, Instances
+from dexport.ir.dialects.structures import Boxes, Instances
 from dexport.verification import (CocoFolder, Tolerances, compare_ap, match_detections, verify)
 
 

@@ -5,8 +5,9 @@ import torch
 
 from dexport.ir import (BOOL, DTYPE, FLOAT, INT, DexportError, Graph, ListType, RecordType,
                         TensorType, TupleType)
-from dexport.ir.ops import (Record, get_op, has_op, ir_type_from_jit, register_op,
-                            registered_ops, type_of_constant, unify_types)
+from dexport.ir.dialects.struct import Record
+from dexport.ir.ops import (get_op, has_op, ir_type_from_jit, register_op, registered_ops,
+                            type_of_constant, unify_types)
 
 F32 = TensorType(torch.float32, (2, 3))
 

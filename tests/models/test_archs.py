@@ -18,7 +18,7 @@ from dexport.models.panoptic import (
 from dexport.models.pointrend import (
     PointRendMaskHead, point_sample, regular_grid_points, sample_roi_points,
 )
-from dexport.models.structures import Boxes, Instances
+from dexport.ir.dialects.structures import Boxes, Instances
 
 TINY = ["retinanet_tiny", "cascade_mask_rcnn_tiny", "pointrend_tiny", "panoptic_fpn_tiny"]
 R50 = ["retinanet_R50_FPN", "cascade_mask_rcnn_R50_FPN", "pointrend_R50_FPN",

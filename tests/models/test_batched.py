@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from dexport.models import zoo
-from dexport.models.batched import (
-    DETECTION_FIELDS, SEGMENT_FIELDS, group_counts, image_index_from_counts, rank_in_group,
-    split_outputs, stack_inputs, top_per_image,
+from dexport.ir.dialects.detection_io import (
+    DETECTION_FIELDS, SEGMENT_FIELDS, image_index_from_counts, split_outputs, stack_inputs,
 )
+from dexport.models.batched import group_counts, rank_in_group, top_per_image
 from dexport.models.data import ShapesDataset
 from dexport.models.panoptic import PanopticFPN
 

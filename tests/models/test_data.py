@@ -13,7 +13,7 @@ from dexport.models.data import (
     KEYPOINT_NAMES, SEM_SEG_CLASSES, THING_CLASSES, ShapesDataset, dataset_for_model,
     to_coco_json,
 )
-from dexport.models.structures import Boxes, Instances
+from dexport.ir.dialects.structures import Boxes, Instances
 
 
 def _digest(record) -> str:

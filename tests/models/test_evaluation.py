@@ -7,7 +7,7 @@ import torch
 
 from dexport.models.data import ShapesDataset
 from dexport.models.evaluation import IOU_TYPES, evaluate, format_table
-from dexport.models.structures import Boxes, Instances
+from dexport.ir.dialects.structures import Boxes, Instances
 
 
 class GroundTruthPredictor:

@@ -16,7 +16,7 @@ from dexport.models.postprocess import detector_postprocess
 from dexport.models.rcnn import GeneralizedRCNN, RCNNConfig
 from dexport.models.roi_heads import keypoints_to_heatmap_targets
 from dexport.models.rpn import AnchorGenerator, match_labels, sample_labels
-from dexport.models.structures import Boxes, Instances
+from dexport.ir.dialects.structures import Boxes, Instances
 
 TINY = ["faster_rcnn_tiny", "mask_rcnn_tiny", "keypoint_rcnn_tiny"]
 R50 = ["faster_rcnn_R50_FPN", "mask_rcnn_R50_FPN", "keypoint_rcnn_R50_FPN"]

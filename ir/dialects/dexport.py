@@ -1,9 +1,13 @@
-"""Detection ops as torch custom ops in the ``dexport`` namespace, plus python wrappers.
+"""The dexport dialect: detection ops as torch custom ops in the ``dexport`` namespace,
+with their type rules and the python wrappers models call them through.
 
-Each op is registered with ``torch.library.custom_op`` so that ``torch.jit.trace``
-records it as ONE node (``dexport::nms``, ...) and torch.export sees it through its
-fake kernel; the compiler then lowers that node per backend instead of digging
-through the hundreds of ATen ops a python implementation would trace into.
+Each op is registered with ``torch.library.custom_op`` (schema, CPU reference kernel,
+fake kernel) so that ``torch.jit.trace`` records it as ONE node (``dexport::nms``, ...)
+and torch.export sees it through its fake kernel; the compiler then lowers that node
+per backend instead of digging through the hundreds of ATen ops a python
+implementation would trace into. Its type rule (``register_type_rule``) gives the IR
+the output dtype and every dim that follows from the inputs; data-dependent dims
+(NMS survivors, a canvas the size of a tensor's values) are ``?``.
 
 Sizes that depend on the input resolution (``image_size``) are i64 tensors, never
 python ints, so a trace stays valid at another resolution. Kernels are plain,
@@ -23,6 +27,9 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from dexport.ir.ops import constant_input, register_type_rule
+from dexport.ir.types import TensorType
+
 __all__ = [
     "nms",
     "batched_nms",
@@ -34,6 +41,7 @@ __all__ = [
     "paste_masks",
     "heatmaps_to_keypoints",
     "DEFAULT_SCALE_CLAMP",
+    "OPS",
 ]
 
 # detectron2's default clamp on dw/dh: no box grows more than 1000/16 times its anchor.
@@ -567,6 +575,70 @@ def _heatmaps_to_keypoints_op(maps: torch.Tensor, rois: torch.Tensor) -> torch.T
 @_heatmaps_to_keypoints_op.register_fake
 def _(maps, rois):
     return maps.new_empty(maps.shape[0], maps.shape[1], 4)
+
+
+# --------------------------------------------------------------------------- type rules
+
+
+def _tensor(node, index: int) -> TensorType:
+    t = node.inputs[index].type
+    return t if isinstance(t, TensorType) else TensorType()
+
+
+def _dim(t: TensorType, index: int):
+    return t.shape[index] if t.shape is not None and index < len(t.shape) else "?"
+
+
+def _like_input(index: int):
+    return lambda node: [_tensor(node, index)]
+
+
+def _kept_indices(node):
+    return [TensorType(torch.int64, ("?",))]
+
+
+def _roi_align_type(node):
+    features, rois = _tensor(node, 0), _tensor(node, 1)
+    return [TensorType(features.dtype, (_dim(rois, 0), _dim(features, 1),
+                                        constant_input(node, 3, "?"), constant_input(node, 4, "?")))]
+
+
+def _encode_boxes_type(node):
+    target = _tensor(node, 0)
+    return [TensorType(target.dtype, (_dim(target, 0), 4))]
+
+
+def _fpn_levels_type(node):
+    return [TensorType(torch.int64, (_dim(_tensor(node, 0), 0),))]
+
+
+def _paste_masks_type(node):
+    threshold = constant_input(node, 3)
+    dtype = None if threshold is None else torch.bool if threshold >= 0 else torch.float32
+    return [TensorType(dtype, (_dim(_tensor(node, 0), 0), "?", "?"))]
+
+
+def _keypoints_type(node):
+    maps = _tensor(node, 0)
+    return [TensorType(torch.float32, (_dim(maps, 0), _dim(maps, 1), 4))]
+
+
+_TYPE_RULES = {
+    "dexport::nms": _kept_indices,
+    "dexport::batched_nms": _kept_indices,
+    "dexport::roi_align": _roi_align_type,
+    "dexport::_roi_align_backward": _like_input(1),
+    "dexport::decode_boxes": _like_input(0),
+    "dexport::encode_boxes": _encode_boxes_type,
+    "dexport::clip_boxes": _like_input(0),
+    "dexport::assign_fpn_levels": _fpn_levels_type,
+    "dexport::paste_masks": _paste_masks_type,
+    "dexport::heatmaps_to_keypoints": _keypoints_type,
+}
+# The dialect's op names (the custom ops above, in definition order).
+OPS = tuple(_TYPE_RULES)
+for _name, _rule in _TYPE_RULES.items():
+    register_type_rule(_name, _rule)
 
 
 # --------------------------------------------------------------------------- wrappers

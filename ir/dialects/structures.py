@@ -1,4 +1,6 @@
-"""Detection data structures: Boxes, Instances, ImageList (detectron2's conventions, plain torch).
+"""The struct dialect's detection records: Boxes, Instances, ImageList (detectron2's
+conventions, plain torch), registered with the schemas so models that take or return
+them can be captured and their outputs rebuilt.
 
 Everything here must survive ``torch.jit.trace``: sizes that depend on the input
 resolution are kept as 0-d int64 tensors while tracing, so a trace taken at one
@@ -12,6 +14,8 @@ from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
+
+from dexport.ir.schema import register_record
 
 __all__ = ["Boxes", "pairwise_iou", "Instances", "ImageList"]
 
@@ -319,3 +323,38 @@ class ImageList:
             for t, (h, w) in zip(tensors, image_sizes)
         ]
         return ImageList(torch.stack(padded), image_sizes)
+
+
+# --------------------------------------------------------------------------- schemas
+
+def _size_to_ints(size):
+    # While tracing, image sizes are 0-d tensors so the graph computes them; once
+    # rebuilt outside a trace they are plain ints again, as eager code produces.
+    if torch.jit.is_tracing():
+        return tuple(size)
+    return tuple(int(s) for s in size)
+
+
+def _instances_to_fields(inst: Instances) -> dict:
+    return {"image_size": tuple(inst.image_size), **inst.get_fields()}
+
+
+def _instances_from_fields(parts: dict) -> Instances:
+    parts = dict(parts)
+    return Instances(_size_to_ints(parts.pop("image_size")), **parts)
+
+
+def _image_list_to_fields(images: ImageList) -> dict:
+    return {"tensor": images.tensor, "image_sizes": [tuple(s) for s in images.image_sizes]}
+
+
+def _image_list_from_fields(parts: dict) -> ImageList:
+    return ImageList(parts["tensor"], [_size_to_ints(s) for s in parts["image_sizes"]])
+
+
+register_record(Boxes, kind="Boxes", to_fields=lambda b: {"tensor": b.tensor},
+                from_fields=lambda parts: Boxes(parts["tensor"]))
+register_record(Instances, kind="Instances", to_fields=_instances_to_fields,
+                from_fields=_instances_from_fields)
+register_record(ImageList, kind="ImageList", to_fields=_image_list_to_fields,
+                from_fields=_image_list_from_fields)

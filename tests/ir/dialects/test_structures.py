@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from dexport.models.structures import Boxes, ImageList, Instances, pairwise_iou
+from dexport.ir.dialects.structures import Boxes, ImageList, Instances, pairwise_iou
 
 
 def _boxes(rows):

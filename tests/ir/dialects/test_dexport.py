@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dexport.models import ops
+from dexport.ir.dialects import dexport as ops
 
 
 def _rand_boxes(n, generator, scale=50.0, max_size=30.0):
