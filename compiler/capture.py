@@ -11,7 +11,7 @@ from dexport.ir.graph import Graph
 
 
 def _trace(model, example_inputs, inference_func):
-    from dexport.tracing import trace
+    from dexport.frontends.tracing import trace
     return trace(model, example_inputs, inference_func=inference_func)
 
 
@@ -38,6 +38,6 @@ def capture(model: torch.nn.Module, example_inputs: Any, method: str = "tracing"
         raise CaptureError(f"unknown capture method {method!r}",
                            hint=f"use one of: {', '.join(sorted(FRONTENDS))}")
     if probe_inputs is not None:
-        from dexport.probes import capture_with_probes
+        from dexport.frontends.probes import capture_with_probes
         return capture_with_probes(frontend, model, example_inputs, probe_inputs, inference_func)
     return frontend(model, example_inputs, inference_func)

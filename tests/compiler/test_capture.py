@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import dexport
-from dexport import tracing
+from dexport.frontends import tracing
 from dexport.ir import CaptureError
 from dexport.ir.verifier import verify
 from dexport.models.structures import Boxes, Instances

@@ -38,7 +38,7 @@ from dexport.ir.schema import DictSchema, RecordSchema, Schema, SequenceSchema, 
 SMALL_CONSTANT_NUMEL = 8
 
 _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
-_DEXPORT_COMPILER_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_DEXPORT_COMPILER_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 # The zoo's op wrappers only forward to torch.ops.dexport.*: the useful line is
 # the model code that called them.
 _OP_WRAPPER_FILE = os.path.abspath(importlib.util.find_spec("dexport.models.ops").origin)

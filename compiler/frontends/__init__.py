@@ -1,0 +1,1 @@
+"""Capture frontends: a model and example inputs in, an IR graph out."""
