@@ -1,0 +1,218 @@
+"""The jit-graph importer: an inlined TorchScript graph (``torch._C.Graph``, from
+``torch.jit.trace`` or ``torch.jit.script``) converted node by node into the IR.
+
+Shared by the frontends that go through TorchScript. What the conversion keeps, and why:
+
+* parameters and buffers (``prim::GetAttr`` chains) become ``prim::Param``
+  nodes named by their qualified names in the user's model
+  (``backbone.res2.0.conv1.weight``), so passes and backends can refer to them;
+  a tensor reached under two names (tied weights) is stored once;
+* constants become attributes; tensor constants with more than a few elements
+  go to ``graph.params`` as ``_const.N`` so the text form stays small; an int
+  constant that only feeds ``ScalarType``/``Layout``/``MemoryFormat`` arguments
+  becomes the torch object it stands for (``torch.float32``), as it reads;
+* nested blocks (``prim::If``/``prim::Loop`` bodies) become IR blocks;
+* every node records the module scope that ran it (``layer1.0.conv1``) and the
+  source line the frontend picks for it (``source_of``).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from dexport.ir.errors import CaptureError
+from dexport.ir.graph import CONSTANT, PARAM, Block, Graph, Meta, Node, Value
+from dexport.ir.ops import has_op, ir_type_from_jit, registered_ops, type_of_constant
+
+# Tensor constants up to this many elements stay attributes; larger ones become params.
+SMALL_CONSTANT_NUMEL = 8
+
+
+# The integer codes TorchScript uses for these enums, as the torch objects they mean.
+_DTYPE_CODES = {torch.ops.prim.dtype(torch.empty(0, dtype=d)): d
+                for d in (torch.float16, torch.bfloat16, torch.float32, torch.float64,
+                          torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8,
+                          torch.bool, torch.complex64, torch.complex128)}
+_ENUM_CODES = {
+    "ScalarType": _DTYPE_CODES,
+    "Layout": {0: torch.strided, 1: torch.sparse_coo},
+    "MemoryFormat": {0: torch.contiguous_format, 1: torch.preserve_format,
+                     2: torch.channels_last, 3: torch.channels_last_3d},
+}
+
+
+
+class JitImporter:
+    """Converts one inlined TorchScript graph whose first input is ``root`` (the module
+    its ``prim::GetAttr`` chains start from) into an IR graph. ``prefix``: the name of
+    the user's model under ``root`` (dropped from scopes and parameter names);
+    ``source_of(stack_text)``: the source location to record for a node's Python stack
+    (the frontend knows which frames are the user's); ``example_shapes``: whether the
+    graph's int dims are only the example's (a trace) rather than proven."""
+
+    def __init__(self, root: torch.nn.Module, prefix: str, source_of: Callable[[str], str], *,
+                 example_shapes: bool = True):
+        self.root = root
+        self.prefix = prefix
+        self.source_of = source_of
+        self.graph = Graph()
+        self.graph.example_shapes = example_shapes
+        self.values: dict[int, Value] = {}          # JIT value unique() -> IR value
+        self.objects: dict[int, tuple[Any, str]] = {}  # JIT module value -> (object, path)
+        self.params_by_tensor: dict[int, Value] = {}
+        self.first_body_node: Node | None = None    # Param nodes go before it
+        self.num_consts = 0
+        self.schemas: dict[str, Any] = {}
+        self.owned_ops = set(registered_ops())  # structural ops keep their plain names
+
+    def convert(self, jit_graph) -> Graph:
+        g = self.graph
+        jit_inputs = list(jit_graph.inputs())
+        self.objects[jit_inputs[0].unique()] = (self.root, "")
+        for v in jit_inputs[1:]:
+            self.values[v.unique()] = g.add_input(ir_type_from_jit(v.type()))
+        self._convert_block(jit_graph.block(), g.block)
+        self._check_ops()
+        return g
+
+    def _convert_block(self, jit_block, block: Block) -> None:
+        for node in jit_block.nodes():
+            kind = node.kind()
+            if kind == "prim::GetAttr":
+                self._get_attr(node, block)
+            elif kind == "prim::Constant":
+                self._constant(node, block)
+            else:
+                self._op(node, block)
+        block.set_returns([self.values[v.unique()] for v in jit_block.outputs()])
+
+    def _meta(self, node) -> Meta:
+        return Meta(self._scope(node.scopeName()), self.source_of(node.sourceRange()))
+
+    def _scope(self, scope_name: str) -> str:
+        # "__module.model.layer1/__module.model.layer1.0" -> "layer1.0"
+        path = scope_name.rsplit("/", 1)[-1]
+        path = path[len("__module"):].lstrip(".") if path.startswith("__module") else path
+        if path == self.prefix:
+            return ""
+        return path[len(self.prefix) + 1:] if path.startswith(self.prefix + ".") else path
+
+    def _append(self, block: Block, op: str, inputs, types, attrs=None, meta=None) -> Node:
+        node = self.graph.create_node(op, inputs, types, attrs, meta, block=block)
+        if block is self.graph.block and self.first_body_node is None:
+            self.first_body_node = node
+        return node
+
+    def _add_param(self, name: str, tensor: torch.Tensor, meta: Meta) -> Value:
+        """A prim::Param at the top of the graph (in first-use order), so every block can read it."""
+        self.graph.params[name] = tensor
+        node = self.graph.create_node(PARAM, (), [type_of_constant(tensor)], {"name": name}, meta,
+                                      before=self.first_body_node)
+        node.output.name_hint = name
+        return node.output
+
+    def _get_attr(self, node, block: Block) -> None:
+        parent, parent_path = self.objects[node.input().unique()]
+        name = node.s("name")
+        obj = getattr(parent, name)
+        path = f"{parent_path}.{name}" if parent_path else name
+        out = node.output()
+        if isinstance(obj, torch.nn.Module):
+            self.objects[out.unique()] = (obj, path)
+            return
+        if not isinstance(obj, torch.Tensor):
+            raise CaptureError(f"the trace reads the non-tensor attribute {path!r}",
+                               op="prim::GetAttr", scope=self._scope(node.scopeName()),
+                               hint="keep only parameters, buffers and submodules as module attributes "
+                                    "read by forward")
+        key = id(obj)
+        if key not in self.params_by_tensor:
+            param_name = path[len(self.prefix) + 1:] if path.startswith(self.prefix + ".") else path
+            self.params_by_tensor[key] = self._add_param(param_name, obj.detach(), Meta())
+        self.values[out.unique()] = self.params_by_tensor[key]
+
+    def _constant(self, node, block: Block) -> None:
+        out = node.output()
+        value = out.toIValue()
+        meta = self._meta(node)
+        if isinstance(value, torch.Tensor):
+            value = value.detach()
+            if value.numel() > SMALL_CONSTANT_NUMEL:
+                name = self.graph.unique_param_name(f"_const.{self.num_consts}")
+                self.num_consts += 1
+                self.values[out.unique()] = self._add_param(name, value, meta)
+                return
+            typ = type_of_constant(value)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            value = self._enum_value(out, value)
+            typ = type_of_constant(value)
+        else:
+            typ = ir_type_from_jit(out.type())
+        self.values[out.unique()] = self._append(block, CONSTANT, [], [typ], {"value": value}, meta).output
+
+    def _enum_value(self, out, value: int):
+        """The torch object an int constant stands for, when every use reads it as one."""
+        kinds = set()
+        for use in out.uses():
+            schema = self._schema(use.user)
+            if schema is None:
+                return value
+            kinds.add(str(schema.arguments[use.offset].real_type).replace("Optional[", "").rstrip("]"))
+        if len(kinds) == 1:
+            return _ENUM_CODES.get(kinds.pop(), {}).get(value, value)
+        return value
+
+    def _schema(self, node):
+        text = node.schema()
+        if text == "(no schema)":
+            return None
+        if text not in self.schemas:
+            self.schemas[text] = torch._C.parse_schema(text)
+        return self.schemas[text]
+
+    def _op(self, node, block: Block) -> None:
+        kind = node.kind()
+        if kind == "prim::PythonOp":
+            raise CaptureError(f"the model calls the Python function {node.pyname()}, which a trace "
+                               "records as an opaque call", op=kind, scope=self._scope(node.scopeName()),
+                               source=self.source_of(node.sourceRange()),
+                               hint="write it with torch ops, or register it as a custom op "
+                                    "(torch.library.custom_op) so it becomes one graph node")
+        if node.attributeNames():
+            raise CaptureError(f"the trace holds {kind} with attributes {node.attributeNames()}, "
+                               "which dexport does not convert", op=kind,
+                               scope=self._scope(node.scopeName()),
+                               source=self.source_of(node.sourceRange()),
+                               hint="please report this op with the model that produced it")
+        schema = self._schema(node)
+        op = kind
+        if schema is not None and schema.name == kind and kind not in self.owned_ops:
+            op = f"{kind}.{schema.overload_name}" if schema.overload_name else kind
+        inputs = [self.values[v.unique()] for v in node.inputs()]
+        types = [ir_type_from_jit(v.type()) for v in node.outputs()]
+        new = self._append(block, op, inputs, types, meta=self._meta(node))
+        for jit_block in node.blocks():
+            sub = new.add_block()
+            for p in jit_block.inputs():
+                self.values[p.unique()] = sub.add_param(ir_type_from_jit(p.type()))
+            self._convert_block(jit_block, sub)
+        for jit_out, value in zip(node.outputs(), new.outputs):
+            self.values[jit_out.unique()] = value
+
+    def _check_ops(self) -> None:
+        """Every op must be known to the registry; list all unknown ones at once."""
+        missing: dict[str, Node] = {}
+        for node in self.graph.nodes():
+            if node.op not in missing and not has_op(node.op):
+                missing[node.op] = node
+        if missing:
+            lines = [f"{op}  # {n.meta.scope or '<top level>'} @ {n.meta.source}" for op, n in missing.items()]
+            raise CaptureError(
+                f"the trace uses {len(missing)} op(s) that neither torch nor dexport defines",
+                context="\n".join(lines),
+                hint="replace them in the model with ATen ops, or register them "
+                     "(torch.library for kernels, dexport.ir.ops.register_op for dexport-owned ops)")
+
+
+__all__ = ["SMALL_CONSTANT_NUMEL", "JitImporter"]
