@@ -17,7 +17,6 @@ import re
 import sys
 import traceback
 import warnings
-from typing import Any
 
 import torch
 
