@@ -64,7 +64,6 @@ The context API (``ctx``)
 from __future__ import annotations
 
 import functools
-import importlib
 import importlib.metadata
 import warnings
 from typing import Any, Callable, Iterable, Sequence
@@ -77,13 +76,15 @@ from onnx import TensorProto, helper
 from dexport.ir.errors import DexportError, UnsupportedOpsError
 from dexport.ir.graph import Graph, Node, Value
 from dexport.ir.types import ListType, OptionalType, ScalarType, TensorType, Type
-from dexport.passes.decompose import register_target
+from dexport.backends.base import (Backend, Emission, Intermediates, LoweringTable, MissingOp, Option,
+                                   TensorIO, missing_ops, register_backend)
 
 Lowering = Callable[["LoweringContext", Node], list]
 
-LOWERINGS: dict[str, Lowering] = {}
-# Modules holding lowerings; imported on first use because they import this one.
-_LOWERING_MODULES = ("dexport.backends.onnx_aten", "dexport.backends.onnx_detection")
+# The standard-ONNX lowering table; the modules holding its lowerings import this one,
+# so the table imports them on first lookup.
+LOWERINGS = LoweringTable("onnx", modules=("dexport.backends.onnx_aten", "dexport.backends.onnx_detection"))
+lowering = LOWERINGS.register  # @lowering("aten::relu") registers fn(ctx, node) -> list
 
 MIN_OPSET, MAX_OPSET = 17, 21
 
@@ -98,49 +99,17 @@ TORCH_TO_ONNX = {
 SCALAR_DTYPES = {"int": torch.int64, "float": torch.float64, "bool": torch.bool}
 
 
-def lowering(*ops: str) -> Callable[[Lowering], Lowering]:
-    """Register ``fn(ctx, node) -> list`` as the lowering of each op in ``ops``."""
-    def register(fn: Lowering) -> Lowering:
-        for op in ops:
-            if op in LOWERINGS:
-                raise DexportError(f"op {op!r} already has an ONNX lowering "
-                                   f"({LOWERINGS[op].__module__}.{LOWERINGS[op].__name__})",
-                                   op=op, hint="remove one of the two registrations")
-            LOWERINGS[op] = fn
-        return fn
-    return register
-
-
-@functools.lru_cache(maxsize=None)
-def _load_lowerings() -> None:
-    for name in _LOWERING_MODULES:
-        importlib.import_module(name)
-
-
 def has_lowering(op: str) -> bool:
-    _load_lowerings()
     return op in LOWERINGS
-
-
-# ``decompose{target=onnx}`` rewrites exactly the ops this backend lacks.
-register_target("onnx", has_lowering)
 
 
 # --------------------------------------------------------------------------- support check
 
-def check_support(graph: Graph) -> list[tuple[str, int, list[tuple[str, str]]]]:
-    """Every op of ``graph`` (nested blocks included) without an ONNX lowering, sorted
-    by name: ``(op, count, [(scope, source), ...])`` with each distinct place once,
-    in graph order."""
-    _load_lowerings()
-    counts: dict[str, int] = {}
-    places: dict[str, dict[tuple[str, str], None]] = {}
-    for node in graph.nodes():
-        if node.op in LOWERINGS:
-            continue
-        counts[node.op] = counts.get(node.op, 0) + 1
-        places.setdefault(node.op, {})[(node.meta.scope, node.meta.source)] = None
-    return [(op, counts[op], list(places[op])) for op in sorted(counts)]
+def check_support(graph: Graph, table: LoweringTable = LOWERINGS) -> list[MissingOp]:
+    """Every op of ``graph`` (nested blocks included) without a lowering in ``table``,
+    sorted by name: ``(op, count, [(scope, source), ...])`` with each distinct place
+    once, in graph order."""
+    return missing_ops(graph, table.__contains__)
 
 
 def _unsupported_error(missing, opset: int, shown: int = 3) -> UnsupportedOpsError:
@@ -230,9 +199,11 @@ class LoweringContext:
     IR value -> entry map, and fresh-name allocation (a counter, so the same graph
     always gets the same names)."""
 
-    def __init__(self, graph: Graph, opset: int, reserved: Iterable[str] = ()):
+    def __init__(self, graph: Graph, opset: int, reserved: Iterable[str] = (),
+                 table: LoweringTable = LOWERINGS):
         self.graph = graph
         self.opset = opset
+        self.table = table
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[TensorProto] = []
         self.domains: dict[str, int] = {}
@@ -516,7 +487,7 @@ class LoweringContext:
     def lower_node(self, node: Node) -> None:
         outer, self.current = self.current, node
         try:
-            results = LOWERINGS[node.op](self, node)
+            results = self.table[node.op](self, node)
             if len(results) != len(node.outputs):
                 raise self.fail(f"the ONNX lowering of {node.op} gave {len(results)} results for "
                                 f"{len(node.outputs)} outputs", "fix the lowering")
@@ -599,7 +570,8 @@ def _io_type(ctx: LoweringContext, value: Value, what: str) -> torch.dtype:
 
 def emit_onnx(graph: Graph, *, opset: int = 17, input_names: Sequence[str] | None = None,
               output_names: Sequence[str] | None = None, dynamic_axes: Any = "auto",
-              check: bool = True, value_names: dict[Value, str] | None = None) -> onnx.ModelProto:
+              check: bool = True, value_names: dict[Value, str] | None = None,
+              table: LoweringTable = LOWERINGS) -> onnx.ModelProto:
     """Lower ``graph`` to a standard ONNX model.
 
     ``dynamic_axes``: ``"auto"`` declares each graph input/output dim as the IR's
@@ -614,14 +586,15 @@ def emit_onnx(graph: Graph, *, opset: int = 17, input_names: Sequence[str] | Non
     top-block node that became an ONNX value of the top graph (a tensor, or the 0-d
     tensor of a scalar); constants never read as tensors, lists and values inside
     If/Loop bodies are left out. Tools that compare the two graphs value by value
-    (``dexport.bisect``) read it.
+    (``dexport.bisect``) read it. ``table``: the lowerings to use (a table that inherits
+    this backend's, such as a flavour with extra ops).
     Raises UnsupportedOpsError listing every op without a lowering, before emitting."""
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise DexportError(f"opset {opset} is not supported", hint=f"use {MIN_OPSET}..{MAX_OPSET}")
     if not (dynamic_axes is None or dynamic_axes == "auto" or isinstance(dynamic_axes, dict)):
         raise DexportError(f"dynamic_axes={dynamic_axes!r} is not understood",
                            hint="use 'auto', None (static) or {io_name: {axis: symbol}}")
-    missing = check_support(graph)
+    missing = check_support(graph, table)
     if missing:
         raise _unsupported_error(missing, opset)
     in_names = _io_names(graph.inputs, input_names, "input", use_hints=True, taken=graph.params)
@@ -630,7 +603,7 @@ def emit_onnx(graph: Graph, *, opset: int = 17, input_names: Sequence[str] | Non
     if clash:
         raise DexportError(f"names used twice (inputs, outputs and parameters share one namespace): "
                            f"{clash}", hint="give distinct input_names and output_names")
-    ctx = LoweringContext(graph, opset, reserved=[*in_names, *out_names, *graph.params])
+    ctx = LoweringContext(graph, opset, reserved=[*in_names, *out_names, *graph.params], table=table)
     static_ok = not graph.example_shapes
 
     inputs = []
@@ -751,3 +724,63 @@ def run_onnx(model: onnx.ModelProto, inputs: Sequence[Any]) -> list[np.ndarray]:
     for info, x in zip(session.get_inputs(), inputs):
         feed[info.name] = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
     return session.run(None, feed)
+
+
+# --------------------------------------------------------------------------- the backend
+
+class OnnxBackend(Backend):
+    """Standard ONNX (``model.onnx``) run by plain onnxruntime."""
+    name = "onnx"
+    label = "ONNX"
+    runtime = "onnxruntime"
+    decompose_target = "onnx"  # decompose{target=onnx} rewrites exactly the ops this table lacks
+    table = LOWERINGS
+    options = (Option("opset", 17, f"ONNX opset, {MIN_OPSET}..{MAX_OPSET}"),
+               Option("simplify", False, "run onnxsim on the emitted ONNX model"))
+    dists = ("onnx", "onnxruntime")
+    model_file = "model.onnx"
+
+    def emit(self, graph: Graph, *, input_names=None, output_names=None, options) -> Emission:
+        options = self.resolve_options(options)
+        proto = emit_onnx(graph, opset=options["opset"], input_names=input_names, output_names=output_names)
+        if options["simplify"]:
+            proto = simplify(proto)
+        return Emission({self.model_file: proto.SerializeToString()}, self.model_file,
+                        [TensorIO(i.name, _declared_dims(i)) for i in proto.graph.input],
+                        [TensorIO(o.name, _declared_dims(o)) for o in proto.graph.output])
+
+    # The manifest keeps its documented top-level keys for these two options.
+    def manifest_fields(self, options) -> dict:
+        return {"opset": options["opset"], "simplified": bool(options["simplify"])}
+
+    def options_from_manifest(self, manifest) -> dict:
+        return self.resolve_options({"opset": manifest.get("opset", 17),
+                                     "simplify": bool(manifest.get("simplified", False))})
+
+    def summary(self, options) -> str:
+        return f"ONNX (opset {options['opset']})"
+
+    def load(self, read, manifest, *, threads=None):
+        from dexport.backends.onnx_runtime import OnnxRunner
+        return OnnxRunner(read(manifest["model_file"]), threads=threads)
+
+    def describe(self, read, manifest) -> dict:
+        from dexport.backends.onnx_runtime import node_count
+        return {"nodes": node_count(read(manifest["model_file"]))}
+
+    def run_intermediates(self, graph: Graph, flat_inputs, options) -> Intermediates:
+        # Before any simplify: onnxsim would merge away the values compared.
+        from dexport.backends.onnx_runtime import run_exposed
+        names: dict[Value, str] = {}
+        model = emit_onnx(graph, opset=self.resolve_options(options)["opset"], value_names=names)
+        exposed = [v for node in graph.block.nodes for v in node.outputs if v in names]
+        values = run_exposed(model, [names[v] for v in exposed], flat_inputs)
+        return Intermediates({v: names[v] for v in exposed}, dict(zip(exposed, values)))
+
+
+def _declared_dims(value_info) -> list:
+    return [d.dim_param if d.dim_param else d.dim_value
+            for d in value_info.type.tensor_type.shape.dim]
+
+
+ONNX = register_backend(OnnxBackend())

@@ -17,7 +17,11 @@ onnxruntime alike), in one process:
     translation table: what a user gets out of the box.
 
 All exporters are timed on the batched input (images, image_sizes, output_sizes).
-The symbolic functions map ``dexport::nms``/``batched_nms`` to NonMaxSuppression
+torch.onnx's TorchScript exporter sees dexport's custom ops as opaque nodes and needs
+a symbolic function for each: they are part of the anchor being measured, written the
+way a torch.onnx user would, and serve only that exporter (dexport's own path uses its
+ONNX backend's lowering table, ``dexport.backends.onnx_detection``; sessions, node
+counts and the floor come from the same backend). The symbolic functions map ``dexport::nms``/``batched_nms`` to NonMaxSuppression
 (classes separated by the coordinate-offset trick), ``roi_align`` to RoiAlign,
 and write box decoding, clipping, FPN level assignment and mask pasting out in
 standard ONNX ops, so the TorchScript exporter's model runs in plain onnxruntime;
@@ -45,7 +49,9 @@ from pathlib import Path
 
 import torch
 
-from dexport.bench import backbone_floor, latency, machine_info, onnx_node_count, ort_session
+from dexport.backends.onnx_runtime import node_count as onnx_node_count
+from dexport.backends.onnx_runtime import ort_session
+from dexport.bench import backbone_floor, latency, machine_info
 
 EXPORTERS = ("dexport", "dexport --simplify", "torch.onnx (TorchScript)", "torch.onnx + onnxsim",
              "torch.onnx (dynamo)")
@@ -309,7 +315,8 @@ def compare_model(name: str, *, size: int = 512, threads: int = 2, runs: int = 1
     result["eager_list"] = timed("eager model(list)", lambda: model(inputs))
     result["eager_forward_batched"] = timed("eager forward_batched",
                                             lambda: model.forward_batched(images, image_sizes, output_sizes))
-    floor_bytes, x = backbone_floor(model, images, image_sizes)
+    floor, x = backbone_floor(model, images, image_sizes, format="onnx", opset=OPSET)
+    floor_bytes, x = floor.files[floor.model_file], x.numpy()
     floor_session = ort_session(floor_bytes, threads)
     floor_feed = {floor_session.get_inputs()[0].name: x}
     result["floor"] = {**timed("floor", lambda: floor_session.run(None, floor_feed)),
@@ -352,7 +359,8 @@ def compare_model(name: str, *, size: int = 512, threads: int = 2, runs: int = 1
         except Exception as err:  # a failing exporter is a result, not a crash
             entry["error"] = _failure(err)
             entry["traceback_tail"] = traceback.format_exc().strip().splitlines()[-3:]
-    result["machine"] = machine_info(load_before)
+    from dexport.backends import get_backend
+    result["machine"] = machine_info(load_before, get_backend("onnx").versions())
     return result
 
 
@@ -376,7 +384,7 @@ def to_markdown(results: list[dict]) -> str:
                   f"{r['floor']['onnx_nodes']} nodes) {_ms(r['floor'])} ms. Load average before "
                   f"{'/'.join(f'{v:.2f}' for v in m['loadavg_before'])}, after "
                   f"{'/'.join(f'{v:.2f}' for v in m['loadavg_after'])} on {m['cpu_count']} CPUs "
-                  f"(torch {m['torch']}, onnxruntime {m['onnxruntime']}).",
+                  f"(torch {m['torch']}, onnxruntime {m['runtimes']['onnxruntime']}).",
                   "",
                   "| exporter | export s | ONNX nodes | MB | ORT ms | vs eager | vs floor | parity |",
                   "|---|---:|---:|---:|---:|---:|---:|---|"]

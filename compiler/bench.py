@@ -1,8 +1,8 @@
 """``dexport bench``: latency of eager PyTorch and of exported artifacts, in one run.
 
 Everything is timed in this process, on the same inputs and with the same thread
-count for torch (``torch.set_num_threads``) and onnxruntime (``intra_op_num_threads``,
-one inter-op thread), so the ratios are comparable even on a shared machine whose
+count for torch (``torch.set_num_threads``) and each artifact's runner (``threads``
+of ``Backend.load``), so the ratios are comparable even on a shared machine whose
 absolute times drift. Each entry reports the median and the p10/p90 of ``runs``
 timed calls after ``warmup`` untimed ones.
 
@@ -11,11 +11,11 @@ Entries for a detector (a model with ``forward_batched``):
 * ``eager model(list)``: the model's own list API, what a user runs today: the baseline
   every ratio is taken against;
 * ``eager forward_batched``: the same network on the padded batch the artifact takes;
-* one entry per ONNX artifact (``dexport export`` directories), run by onnxruntime on
-  the batched input, with detection parity against eager on that input;
+* one entry per artifact (``dexport export`` directories, any format), run by its
+  backend's runner on the batched input, with detection parity against eager on that input;
 * ``floor``: the backbone + FPN alone (captured on the normalised, padded image and
-  emitted to ONNX by dexport): convolutions no exporter can remove, so
-  ``artifact / floor`` says how much time the rest of the detector costs.
+  emitted by dexport in the first artifact's format): convolutions no exporter can
+  remove, so ``artifact / floor`` says how much time the rest of the detector costs.
 """
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ from typing import Any, Callable
 
 import torch
 
+from dexport.backends.base import DEFAULT_BACKEND, Backend, Emission, get_backend
 from dexport.ir.errors import DexportError
 
 BASELINE = "eager model(list)"
@@ -56,51 +57,31 @@ def latency(fn: Callable[[], Any], *, runs: int, warmup: int) -> dict:
             "runs": runs, "warmup": warmup}
 
 
-def ort_session(model: bytes | str | os.PathLike, threads: int, *, profile_prefix: str | None = None):
-    """A CPU onnxruntime session with a fixed thread count."""
-    import onnxruntime
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
-    if profile_prefix:
-        options.enable_profiling = True
-        options.profile_file_prefix = profile_prefix
-    source = model if isinstance(model, bytes) else str(model)
-    return onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-
-
 def backbone_floor(model: torch.nn.Module, images: torch.Tensor, image_sizes: torch.Tensor, *,
-                   opset: int = 17):
-    """The backbone + FPN of a zoo detector as ONNX (bytes) and its input array: the
+                   format: str = DEFAULT_BACKEND, **options) -> tuple[Emission, torch.Tensor]:
+    """The backbone + FPN of a zoo detector emitted in ``format`` and its input: the
     network captured on the normalised, padded batch, exactly what ``forward_batched``
     feeds it."""
     import dexport
-    from dexport.backends.onnx import emit_onnx
     from dexport.zoo import normalize_images
 
+    backend = get_backend(format)
     backbone = model.backbone
     with torch.no_grad():
         x = normalize_images(images, image_sizes, model.pixel_mean, model.pixel_std,
                              backbone.size_divisibility)
     graph = dexport.capture(backbone, (x,), method="tracing")
-    return emit_onnx(graph, opset=opset).SerializeToString(), x.numpy()
-
-
-def onnx_node_count(model_bytes: bytes) -> int:
-    import onnx
-    return len(onnx.load_from_string(model_bytes).graph.node)
+    return backend.emit(graph, options=backend.resolve_options(options)), x
 
 
 def bench(model: torch.nn.Module, *, name: str, artifacts=(), size: int = 512, batch: int = 1,
-          runs: int = 10, warmup: int = 2, threads: int = 2, opset: int = 17,
-          floor: bool = True, progress=None) -> dict:
+          runs: int = 10, warmup: int = 2, threads: int = 2, floor: bool = True, progress=None) -> dict:
     """Time ``model`` eager and each artifact directory in ``artifacts`` (none given:
     ``dexport export`` it into a temporary directory first) on ``batch`` synthetic images
     of ``size``×``size``. Returns the results as a JSON-ready dict (see module doc)."""
     from dexport.cli import sample_images
     from dexport.driver import export, io_kind_of
-    from dexport.loader import detection_results, load
+    from dexport.loader import detection_results, file_reader, load
     from dexport.ir.dialects.detection_io import stack_inputs
     from dexport.verification import compare_outputs
 
@@ -113,8 +94,9 @@ def bench(model: torch.nn.Module, *, name: str, artifacts=(), size: int = 512, b
     load_before = os.getloadavg()
     inputs = sample_images(batch, size, seed=1)
     images, image_sizes, output_sizes, sizes = stack_inputs(inputs, "cpu")
-    feed = {"images": images.numpy(), "image_sizes": image_sizes.numpy(), "output_sizes": output_sizes.numpy()}
+    flat = [images, image_sizes, output_sizes]
     entries: list[dict] = []
+    used: list[Backend] = []  # the backends timed, first one also for the floor
 
     def timed(label: str, fn, **extra):
         with step(f"timing {label} ({warmup} warm-up + {runs} runs)"):
@@ -136,26 +118,27 @@ def bench(model: torch.nn.Module, *, name: str, artifacts=(), size: int = 512, b
             directories = [Path(tmp) / "artifact"]
         for directory in directories:
             loaded = load(directory, threads=threads)
-            session = loaded.session
-            raw = session.run(None, feed)
-            outputs = loaded.output_schema.rebuild([torch.from_numpy(o) for o in raw])
+            backend = get_backend(loaded.manifest["format"])
+            used.append(backend)
+            outputs = loaded.output_schema.rebuild(loaded.run_flat(flat))
             report = compare_outputs(expected, detection_results(outputs, sizes.outputs))
-            label = f"onnxruntime {directory.name}" + (" (simplified)" if loaded.manifest.get("simplified") else "")
-            model_bytes = (directory / loaded.manifest["model_file"]).read_bytes()
-            extra = {"artifact": str(directory) if artifacts else "(exported by bench)",
-                     "onnx_nodes": onnx_node_count(model_bytes), "file_mb": len(model_bytes) / 1e6,
+            label = f"{backend.runtime} {directory.name}" + (" (simplified)" if loaded.manifest.get("simplified") else "")
+            read = file_reader(directory)
+            model_bytes = read(loaded.manifest["model_file"])
+            extra = {"artifact": str(directory) if artifacts else "(exported by bench)", "format": backend.name,
+                     **backend.describe(read, loaded.manifest), "file_mb": len(model_bytes) / 1e6,
                      "parity": report.summary(), "parity_ok": report.ok}
             if not artifacts:
                 extra["export_s"] = export_s
-            timed(label, lambda s=session: s.run(None, feed), **extra)
+            timed(label, lambda m=loaded: m.run_flat(flat), **extra)
 
     if floor:
+        backend = used[0]
         with step("exporting the backbone + FPN floor"):
-            floor_bytes, x = backbone_floor(model, images, image_sizes, opset=opset)
-            session = ort_session(floor_bytes, threads)
-            floor_feed = {session.get_inputs()[0].name: x}
-        timed("floor: backbone+FPN (onnxruntime)", lambda: session.run(None, floor_feed),
-              onnx_nodes=onnx_node_count(floor_bytes))
+            emission, x = backbone_floor(model, images, image_sizes, format=backend.name)
+            runner = backend.load(emission.files.__getitem__, emission.manifest_fields(), threads=threads)
+        timed(f"floor: backbone+FPN ({backend.runtime})", lambda: runner.run_flat([x]),
+              **backend.describe(emission.files.__getitem__, emission.manifest_fields()))
 
     base = next(e["median_ms"] for e in entries if e["name"] == BASELINE)
     floor_ms = entries[-1]["median_ms"] if floor else None
@@ -163,14 +146,15 @@ def bench(model: torch.nn.Module, *, name: str, artifacts=(), size: int = 512, b
         e["vs_baseline"] = e["median_ms"] / base
         if floor_ms:
             e["vs_floor"] = e["median_ms"] / floor_ms
+    runtimes = {k: v for b in used for k, v in b.versions().items()}
     return {"model": name, "size": size, "batch": batch, "threads": threads, "runs": runs, "warmup": warmup,
-            "baseline": BASELINE, "entries": entries, "machine": machine_info(load_before)}
+            "baseline": BASELINE, "entries": entries, "machine": machine_info(load_before, runtimes)}
 
 
-def machine_info(load_before=None) -> dict:
-    import onnxruntime
+def machine_info(load_before=None, runtimes: dict | None = None) -> dict:
+    """The machine, torch, and ``runtimes`` (distribution -> version of what ran the artifacts)."""
     return {"platform": platform.platform(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
-            "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+            "torch": torch.__version__, "runtimes": dict(runtimes or {}),
             "loadavg_before": list(load_before) if load_before else None, "loadavg_after": list(os.getloadavg())}
 
 
@@ -182,17 +166,18 @@ def to_markdown(result: dict) -> str:
              "",
              f"Baseline: `{result['baseline']}`. Load average (1/5/15 min) before: "
              f"{_load(m['loadavg_before'])}, after: {_load(m['loadavg_after'])} on {m['cpu_count']} CPUs; "
-             f"torch {m['torch']}, onnxruntime {m['onnxruntime']}. Artifacts run on the padded batch "
+             f"torch {m['torch']}{''.join(f', {d} {v}' for d, v in m.get('runtimes', {}).items())}. "
+             "Artifacts run on the padded batch "
              "(images, image_sizes, output_sizes); parity is against eager `model(list)` on the same images "
              "(ok: same counts, box error <= 1e-3 of the image size, score error <= 1e-4, mask IoU >= 0.99).",
              "",
-             "| entry | median ms | p10 ms | p90 ms | vs baseline | vs floor | ONNX nodes | parity |",
+             "| entry | median ms | p10 ms | p90 ms | vs baseline | vs floor | nodes | parity |",
              "|---|---:|---:|---:|---:|---:|---:|---|"]
     for e in result["entries"]:
         parity = "" if "parity_ok" not in e else ("ok" if e["parity_ok"] else "MISMATCH")
         vs_floor = f"{e['vs_floor']:.2f}x" if "vs_floor" in e else ""
         lines.append(f"| {e['name']} | {e['median_ms']:.1f} | {e['p10_ms']:.1f} | {e['p90_ms']:.1f} | "
-                     f"{e['vs_baseline']:.2f}x | {vs_floor} | {e.get('onnx_nodes', '')} | {parity} |")
+                     f"{e['vs_baseline']:.2f}x | {vs_floor} | {e.get('nodes', '')} | {parity} |")
     return "\n".join(lines) + "\n"
 
 
@@ -209,5 +194,4 @@ def write_results(result: dict, json_path=None, md_path=None) -> None:
         Path(md_path).write_text(to_markdown(result))
 
 
-__all__ = ["BASELINE", "backbone_floor", "bench", "latency", "machine_info", "onnx_node_count",
-           "ort_session", "to_markdown", "write_results"]
+__all__ = ["BASELINE", "backbone_floor", "bench", "latency", "machine_info", "to_markdown", "write_results"]

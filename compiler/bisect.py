@@ -1,13 +1,13 @@
-"""First-divergence bisection: which IR node does the emitted ONNX model get wrong?
+"""First-divergence bisection: which IR node does the emitted model get wrong?
 
 When an exported model disagrees with PyTorch, the final outputs say only *that*
-it is wrong. ``bisect`` says *where*: it emits the graph with the ONNX value of
-every top-level IR node output exposed as an extra graph output, runs it in
-onnxruntime and the IR interpreter (the oracle) on the same inputs, and compares
+it is wrong. ``bisect`` says *where*: it has the backend emit the graph with the
+value of every top-level IR node output exposed (``Backend.run_intermediates``),
+runs it and the IR interpreter (the oracle) on the same inputs, and compares
 the two node by node in IR order. The first node whose output differs beyond
 tolerance is reported with its op, module scope, source line, the IR around it
 and the error figures. Every node before it agreed, so its inputs agree too: the
-report also runs the IR op itself on the ONNX model's own input values, which
+report also runs the IR op itself on the emitted model's own input values, which
 tells a wrong lowering (the op disagrees even on the same inputs) from a node
 that only amplifies float noise (a tie broken the other way in sort/topk/NMS);
 after mere noise the comparison goes on to find the first wrong lowering.
@@ -22,10 +22,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import onnx
 import torch
-from onnx import helper
 
+from dexport.backends.base import DEFAULT_BACKEND, get_backend
 from dexport.ir.errors import DexportError
 from dexport.ir.graph import Graph, Node, Value
 
@@ -34,10 +33,10 @@ DEFAULT_ATOL, DEFAULT_RTOL = 1e-4, 1e-4
 
 @dataclass
 class Divergence:
-    """One IR node whose ONNX output differs from the interpreter's."""
+    """One IR node whose emitted output differs from the interpreter's."""
     node: Node
     output: int                # which output of the node
-    onnx_name: str
+    value_name: str            # the backend's name for that value
     reason: str                # "values", "shape" or "dtype"
     expected_shape: tuple
     actual_shape: tuple
@@ -48,9 +47,10 @@ class Divergence:
     mismatched: int            # elements beyond tolerance (all of them for a shape mismatch)
     numel: int
     input_max_abs: float = 0.0   # the largest difference over the node's compared inputs
-    local_max_abs: float | None = None  # the IR op on ONNX's own inputs vs ONNX's output
+    local_max_abs: float | None = None  # the IR op on the emitted model's own inputs vs its output
     local_ok: bool | None = None        # whether that is within tolerance (None: not re-run)
     context: str = ""
+    label: str = ""                     # the backend, as messages name it
 
     @property
     def op(self) -> str:
@@ -67,22 +67,22 @@ class Divergence:
     @property
     def verdict(self) -> str:
         if self.local_ok is None:
-            return "unknown (the op could not be re-run on the ONNX model's own inputs)"
+            return f"unknown (the op could not be re-run on the {self.label} model's own inputs)"
         if not self.local_ok:
-            return (f"the ONNX lowering of {self.op} is wrong: the IR op run on the ONNX model's own "
-                    f"inputs still differs from it by {self.local_max_abs:.3e}")
-        return (f"float noise: the IR op run on the ONNX model's own inputs agrees with it, so {self.op} "
+            return (f"the {self.label} lowering of {self.op} is wrong: the IR op run on the {self.label} "
+                    f"model's own inputs still differs from it by {self.local_max_abs:.3e}")
+        return (f"float noise: the IR op run on the {self.label} model's own inputs agrees with it, so {self.op} "
                 f"amplified input differences of {self.input_max_abs:.3e} (e.g. a tie broken the other way)")
 
     def describe(self, title: str) -> str:
         lines = [f"{title}: output {self.output} of {self.op}",
                  f"  scope:  {self.scope or '<top>'}",
                  f"  source: {self.source or '?'}",
-                 f"  onnx value: {self.onnx_name}"]
+                 f"  {self.label.lower()} value: {self.value_name}"]
         if self.reason == "shape":
-            lines.append(f"  shape differs: IR {list(self.expected_shape)} vs ONNX {list(self.actual_shape)}")
+            lines.append(f"  shape differs: IR {list(self.expected_shape)} vs {self.label} {list(self.actual_shape)}")
         elif self.reason == "dtype":
-            lines.append(f"  dtype differs: IR {self.expected_dtype} vs ONNX {self.actual_dtype}")
+            lines.append(f"  dtype differs: IR {self.expected_dtype} vs {self.label} {self.actual_dtype}")
         else:
             lines.append(f"  {self.mismatched} of {self.numel} elements beyond tolerance: max abs "
                          f"{self.max_abs:.3e}, max rel {self.max_rel:.3e} (of the largest magnitude); "
@@ -96,18 +96,19 @@ class Divergence:
 
 @dataclass
 class DivergenceReport:
-    """What ``bisect`` found. ``divergence``: the first node (in IR order) whose ONNX
+    """What ``bisect`` found. ``divergence``: the first node (in IR order) whose emitted
     output is beyond tolerance, None when all agree. ``wrong_lowering``: the first
-    divergent node that still disagrees when its op is run on the ONNX model's own
+    divergent node that still disagrees when its op is run on the emitted model's own
     inputs (a lowering bug, not amplified noise); when the first divergence is only
-    noise, comparison goes on past it to find one."""
+    noise, comparison goes on past it to find one. ``label``: the backend's."""
     divergence: Divergence | None
     wrong_lowering: Divergence | None
     compared: int              # node outputs compared before the first divergence
-    total: int                 # node outputs with an ONNX value
+    total: int                 # node outputs with an emitted value
     skipped: int               # top-level node outputs with none (constants, lists)
     atol: float
     rtol: float
+    label: str = ""
 
     @property
     def ok(self) -> bool:
@@ -116,36 +117,37 @@ class DivergenceReport:
     def __str__(self) -> str:
         tol = f"atol={self.atol:g}, rtol={self.rtol:g} of each value's largest magnitude"
         if self.divergence is None:
-            return (f"no divergence: all {self.total} node outputs of the ONNX model match the IR "
-                    f"interpreter ({tol}; {self.skipped} constants/lists have no ONNX value)")
+            return (f"no divergence: all {self.total} node outputs of the {self.label} model match the IR "
+                    f"interpreter ({tol}; {self.skipped} constants/lists have no {self.label} value)")
         parts = [self.divergence.describe(
             f"first divergence, after {self.compared} of {self.total} node outputs matched ({tol})")]
         if self.wrong_lowering is not None and self.wrong_lowering is not self.divergence:
             parts.append(self.wrong_lowering.describe("first wrong lowering further on"))
         elif self.divergence.local_ok:
-            parts.append("no later node disagrees with ONNX on its own inputs: every lowering checked is "
-                         "right, the differences are float noise")
+            parts.append(f"no later node disagrees with {self.label} on its own inputs: every lowering "
+                         "checked is right, the differences are float noise")
         return "\n".join(parts)
 
 
-def bisect(graph: Graph, inputs: Sequence[Any], *, opset: int = 17, atol: float = DEFAULT_ATOL,
-           rtol: float = DEFAULT_RTOL) -> DivergenceReport:
-    """Compare the ONNX emission of ``graph`` with the IR interpreter on the flat
-    ``inputs`` (one per graph input, as the graph's input schema flattens the model's
-    arguments), value by value in IR order, and report the first divergent node.
+def bisect(graph: Graph, inputs: Sequence[Any], *, format: str = DEFAULT_BACKEND, atol: float = DEFAULT_ATOL,
+           rtol: float = DEFAULT_RTOL, **options) -> DivergenceReport:
+    """Compare the ``format`` backend's emission of ``graph`` (with its emission
+    ``options``) with the IR interpreter on the flat ``inputs`` (one per graph input, as
+    the graph's input schema flattens the model's arguments), value by value in IR
+    order, and report the first divergent node. A backend that cannot expose its
+    intermediate values is a DexportError.
 
-    An element diverges when ``|onnx - ir| > atol + rtol * max|ir|`` (the largest
+    An element diverges when ``|emitted - ir| > atol + rtol * max|ir|`` (the largest
     magnitude of that value: float error scales with the values summed, not with each
     element). Shapes must be equal; IR scalars are compared with their 0-d tensors."""
-    from dexport.backends.onnx import emit_onnx
     from dexport.ir.interpreter import run
     from dexport.ir.printer import format_context
 
-    names: dict[Value, str] = {}
-    model = emit_onnx(graph, opset=opset, value_names=names)
-    exposed = [v for node in graph.block.nodes for v in node.outputs if v in names]
+    backend = get_backend(format)
+    emitted = backend.run_intermediates(graph, inputs, backend.resolve_options(options))
+    names, actual = emitted.names, emitted.values
+    exposed = [v for node in graph.block.nodes for v in node.outputs if v in actual]
     skipped = sum(len(n.outputs) for n in graph.block.nodes) - len(exposed)
-    actual = dict(zip(exposed, _run_exposed(model, [names[v] for v in exposed], inputs)))
 
     expected: dict[Value, Any] = dict(zip(graph.inputs, inputs))  # the same on both sides
     found: list[Divergence] = []
@@ -162,6 +164,8 @@ def bisect(graph: Graph, inputs: Sequence[Any], *, opset: int = 17, atol: float 
             if value not in actual:
                 continue
             d = _compare(node, k, expected[value], actual[value], names[value], atol, rtol)
+            if d is not None:
+                d.label = backend.label
             if d is None:
                 if not found:
                     compared += 1
@@ -181,57 +185,16 @@ def bisect(graph: Graph, inputs: Sequence[Any], *, opset: int = 17, atol: float 
             pass
     first = found[0] if found else None
     wrong = found[-1] if found and found[-1].local_ok is False else None
-    return DivergenceReport(first, wrong, compared, len(exposed), skipped, atol, rtol)
+    return DivergenceReport(first, wrong, compared, len(exposed), skipped, atol, rtol, backend.label)
 
 
 class _Stop(Exception):
     """Ends the interpreter run at the first wrong lowering."""
 
 
-def _run_exposed(model: onnx.ModelProto, exposed: Sequence[str], inputs: Sequence[Any]) -> list[np.ndarray]:
-    """Run ``model`` with every name in ``exposed`` as an extra output (each through an
-    Identity, so graph inputs, initializers and existing outputs are exposed alike)."""
-    import onnxruntime
-    # Element types only: inferred shapes would be declarations ORT checks for nothing.
-    inferred = onnx.shape_inference.infer_shapes(model).graph
-    elem = {v.name: v.type.tensor_type.elem_type for v in (*inferred.value_info, *model.graph.input,
-                                                            *model.graph.output)}
-    elem.update({t.name: t.data_type for t in model.graph.initializer})
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    taken = ({n for node in probe.graph.node for n in node.output} | {v.name for v in probe.graph.input}
-             | {t.name for t in probe.graph.initializer})
-    outs = []
-    for k, name in enumerate(exposed):
-        out = f"bisect_{k}"
-        while out in taken:
-            out += "_"
-        probe.graph.node.append(helper.make_node("Identity", [name], [out], name=f"bisect_Identity_{k}"))
-        info = onnx.ValueInfoProto()
-        info.name = out
-        if elem.get(name):
-            info.type.CopyFrom(helper.make_tensor_type_proto(elem[name], None))
-        probe.graph.output.append(info)
-        outs.append(out)
-    try:
-        session = onnxruntime.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-        feed = {info.name: _numpy(x) for info, x in zip(session.get_inputs(), inputs)}
-        return session.run(outs, feed)
-    except Exception as err:  # onnxruntime raises its own exception types, all of them fatal here
-        raise DexportError(f"onnxruntime cannot run the emitted model, so there is nothing to compare: {err}",
-                           hint="the failing ONNX node is named '<module scope>/<OpType>_<k>'; its lowering "
-                                "emits a graph that fails at run time on these inputs") from None
-
-
-def _numpy(x: Any) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        return x.detach().cpu().contiguous().numpy()
-    return np.asarray(x)
-
-
 def _as_tensor(x: Any) -> torch.Tensor | None:
-    """A value as a tensor for comparison (IR scalars are 0-d ONNX tensors); None for
-    values ONNX holds no single tensor for."""
+    """A value as a tensor for comparison (IR scalars may be 0-d tensors in the emitted
+    model); None for values it holds no single tensor for."""
     if isinstance(x, torch.Tensor):
         return x.detach()
     if isinstance(x, np.ndarray):
@@ -255,9 +218,9 @@ def _errors(e: torch.Tensor, a: torch.Tensor, atol: float, rtol: float) -> tuple
     return max_abs, max_abs / scale if scale else (0.0 if max_abs == 0 else float("inf")), bad
 
 
-def _compare(node: Node, k: int, out: Any, onnx_out: np.ndarray, name: str,
+def _compare(node: Node, k: int, out: Any, emitted: Any, name: str,
              atol: float, rtol: float) -> Divergence | None:
-    e, a = _as_tensor(out), _as_tensor(onnx_out)
+    e, a = _as_tensor(out), _as_tensor(emitted)
     if e is None:
         return None
     kinds = (e.dtype.is_floating_point, e.dtype == torch.bool), (a.dtype.is_floating_point, a.dtype == torch.bool)
@@ -272,7 +235,7 @@ def _compare(node: Node, k: int, out: Any, onnx_out: np.ndarray, name: str,
         if not mismatched:
             return None
         reason = "values"
-    return Divergence(node=node, output=k, onnx_name=name, reason=reason,
+    return Divergence(node=node, output=k, value_name=name, reason=reason,
                       expected_shape=tuple(e.shape), actual_shape=tuple(a.shape),
                       expected_dtype=str(e.dtype).replace("torch.", ""),
                       actual_dtype=str(a.dtype).replace("torch.", ""),
@@ -291,8 +254,9 @@ def _input_error(node: Node, expected: dict, actual: dict) -> float:
 
 def _local_check(d: Divergence, expected: dict, actual: dict, atol: float,
                  rtol: float) -> tuple[float | None, bool | None]:
-    """Run the divergent node's IR op on ONNX's values of its inputs (the interpreter's
-    where ONNX has none) and compare with ONNX's output: (max abs, within tolerance)."""
+    """Run the divergent node's IR op on the emitted model's values of its inputs (the
+    interpreter's where it has none) and compare with its output: (max abs, within
+    tolerance)."""
     from dexport.ir.interpreter import evaluate_node
     node = d.node
     if node.blocks:
@@ -326,13 +290,14 @@ def _local_check(d: Divergence, expected: dict, actual: dict, atol: float,
 # --------------------------------------------------------------------------- models and artifacts
 
 def capture_like_export(model: torch.nn.Module, example_inputs: tuple, *, method: str = "tracing",
-                        batch: str | int = "dynamic", pipeline: str | None = None) -> Graph:
+                        batch: str | int = "dynamic", pipeline: str | None = None,
+                        format: str = DEFAULT_BACKEND) -> Graph:
     """The graph ``dexport.export`` emits for ``model`` (``dexport.driver.build_graph``);
-    ``pipeline`` may be an artifact manifest's full one."""
-    from dexport.driver import DEFAULT_PIPELINE, build_graph
+    ``pipeline`` may be an artifact manifest's full one (None: the ``format``'s default)."""
+    from dexport.driver import build_graph, default_pipeline
 
     return build_graph(model, example_inputs, method=method, batch=batch,
-                       pipeline=pipeline or DEFAULT_PIPELINE)[0]
+                       pipeline=pipeline or default_pipeline(format))[0]
 
 
 def flat_inputs(graph: Graph, model: torch.nn.Module, model_inputs: tuple) -> list:
@@ -345,29 +310,32 @@ def flat_inputs(graph: Graph, model: torch.nn.Module, model_inputs: tuple) -> li
 
 def bisect_model(model: torch.nn.Module, example_inputs: tuple, check_inputs: tuple, *,
                  method: str = "tracing", batch: str | int = "dynamic", pipeline: str | None = None,
-                 opset: int = 17,
-                 atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL) -> DivergenceReport:
-    """Capture ``model`` on ``example_inputs`` as export does and bisect its ONNX
-    emission on ``check_inputs`` (the model's own call arguments, best not those of
-    the capture)."""
-    graph = capture_like_export(model, example_inputs, method=method, batch=batch, pipeline=pipeline)
-    return bisect(graph, flat_inputs(graph, model, check_inputs), opset=opset, atol=atol, rtol=rtol)
+                 format: str = DEFAULT_BACKEND, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
+                 **options) -> DivergenceReport:
+    """Capture ``model`` on ``example_inputs`` as export does and bisect its ``format``
+    emission (with ``options``) on ``check_inputs`` (the model's own call arguments,
+    best not those of the capture)."""
+    graph = capture_like_export(model, example_inputs, method=method, batch=batch, pipeline=pipeline,
+                                format=format)
+    return bisect(graph, flat_inputs(graph, model, check_inputs), format=format, atol=atol, rtol=rtol,
+                  **options)
 
 
 def bisect_artifact(directory: str | os.PathLike, model: torch.nn.Module, check_inputs: tuple, *,
                     example_inputs: tuple | None = None, capture_size: int = 128,
                     atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL) -> DivergenceReport:
     """Bisect an artifact's model on ``check_inputs`` (the model's own call arguments).
-    An artifact holds ONNX, not the IR, so the eager ``model`` is re-captured with the
-    manifest's method, batch, pipeline and opset, on ``example_inputs`` or, for a
-    detector, on synthetic images of ``capture_size`` pixels (as many as a fixed batch
-    has), as ``dexport export`` captures.
-    What is bisected is that emission before any ``--simplify``."""
+    An artifact holds the emitted model, not the IR, so the eager ``model`` is
+    re-captured with the manifest's method, batch, pipeline, format and options, on
+    ``example_inputs`` or, for a detector, on synthetic images of ``capture_size``
+    pixels (as many as a fixed batch has), as ``dexport export`` captures.
+    What is bisected is the backend's emission with its values exposed, before any
+    simplification (``--simplify``)."""
     from dexport.artifacts import read_manifest
     manifest = read_manifest(Path(directory))
-    if manifest.get("format") != "onnx":
-        raise DexportError(f"{directory}: only ONNX artifacts can be bisected (format "
-                           f"{manifest.get('format')!r})")
+    backend = get_backend(manifest.get("format"))
+    if not backend.can_bisect:
+        raise backend.cannot_bisect()
     batch = manifest.get("batch", "dynamic")
     if example_inputs is None:
         if manifest.get("io") != "detection":
@@ -378,8 +346,8 @@ def bisect_artifact(directory: str | os.PathLike, model: torch.nn.Module, check_
                              image_size=capture_size)
         example_inputs = ([{"image": data[i]["image"]} for i in range(len(data))],)
     return bisect_model(model, example_inputs, check_inputs, method=manifest.get("method", "tracing"),
-                        batch=batch, pipeline=manifest.get("pipeline"), opset=manifest.get("opset", 17),
-                        atol=atol, rtol=rtol)
+                        batch=batch, pipeline=manifest.get("pipeline"), format=backend.name,
+                        atol=atol, rtol=rtol, **backend.options_from_manifest(manifest))
 
 
 __all__ = ["DEFAULT_ATOL", "DEFAULT_RTOL", "Divergence", "DivergenceReport", "bisect", "bisect_artifact",

@@ -6,23 +6,15 @@ from typing import Any, Callable, Sequence
 import torch
 
 import dexport.ir.dialects.structures  # noqa: F401  (Instances/Boxes/ImageList flatten through schemas)
-from dexport.ir.errors import CaptureError
+from dexport.frontends.base import get_frontend
 from dexport.ir.graph import Graph
-
-
-def _trace(model, example_inputs, inference_func):
-    from dexport.tracing import trace
-    return trace(model, example_inputs, inference_func=inference_func)
-
-
-# Capture frontends by method name.
-FRONTENDS: dict[str, Callable[..., Graph]] = {"tracing": _trace}
 
 
 def capture(model: torch.nn.Module, example_inputs: Any, method: str = "tracing", *,
             inference_func: Callable[..., Any] | None = None,
             probe_inputs: Sequence[Any] | None = None) -> Graph:
-    """Capture ``model`` as a graph.
+    """Capture ``model`` as a graph with the frontend registered as ``method``
+    (``dexport.frontends.frontend_names()``; another name is a CaptureError listing them).
 
     ``example_inputs`` is the tuple of positional arguments, structured as the
     model takes them (dicts, lists, Instances, ...); a single non-tuple value is
@@ -30,14 +22,16 @@ def capture(model: torch.nn.Module, example_inputs: Any, method: str = "tracing"
     let ``graph(*inputs)`` take and return the same structures.
     ``inference_func(model, *inputs)`` calls the model (default ``model(*inputs)``).
     ``probe_inputs`` (inputs like the example, at other batch sizes and resolutions)
-    turn on differential capture (``dexport.probes``): the graph gets symbolic dims and
-    size-derived constants are tagged for the ``fix-batch-dim`` pass.
+    turn on differential capture (``dexport.frontends.probes``) for a frontend that
+    needs it (``Frontend.needs_probes``): the graph gets symbolic dims and size-derived
+    constants are tagged for the ``fix-batch-dim`` pass. A frontend that does not bake
+    sizes in ignores them.
     """
-    frontend = FRONTENDS.get(method)
-    if frontend is None:
-        raise CaptureError(f"unknown capture method {method!r}",
-                           hint=f"use one of: {', '.join(sorted(FRONTENDS))}")
-    if probe_inputs is not None:
-        from dexport.probes import capture_with_probes
-        return capture_with_probes(frontend, model, example_inputs, probe_inputs, inference_func)
-    return frontend(model, example_inputs, inference_func)
+    frontend = get_frontend(method)
+
+    def run(model, inputs, inference_func):
+        return frontend.capture(model, inputs, inference_func=inference_func)
+    if probe_inputs is not None and frontend.needs_probes:
+        from dexport.frontends.probes import capture_with_probes
+        return capture_with_probes(run, model, example_inputs, probe_inputs, inference_func)
+    return run(model, example_inputs, inference_func)

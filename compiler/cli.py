@@ -8,7 +8,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from dexport.driver import DEFAULT_PIPELINE, load_backends
+from dexport.backends.base import DEFAULT_BACKEND, backend_names, backends, get_backend, load_backends
+from dexport.frontends.base import frontend_names
 from dexport.ir.errors import DexportError
 
 
@@ -73,33 +74,34 @@ def _model_and_inputs(args):
 
 
 def cmd_export(args) -> int:
-    from dexport.backends.onnx import check_support
     from dexport.driver import export
 
+    backend = get_backend(args.format)
+    options = _backend_options(args, backend)
     progress = Progress(6 if not args.check else 3)
     with progress.step(f"loading {args.model}"):
         model, example, checks = _model_and_inputs(args)
     if args.check:
         import dexport
-        with progress.step("capturing by tracing"):
+        with progress.step(f"capturing by {args.method}"):
             graph = dexport.capture(model, example, method=args.method)
-        with progress.step("checking ONNX support"):
-            missing = check_support(graph)
+        with progress.step(f"checking {backend.label} support"):
+            missing = backend.check_support(graph)
         if not missing:
-            print(f"every op of the captured graph ({len(graph)} nodes) has an ONNX lowering")
+            print(f"every op of the captured graph ({len(graph)} nodes) has an {backend.label} lowering")
             return 0
-        print("ops without an ONNX lowering (run the decompose pass, or register a lowering):")
+        print(f"ops without an {backend.label} lowering (run the decompose pass, or register a lowering):")
         for op, count, places in missing:
             where = "; ".join(f"{scope or '<top>'} @ {source or '?'}" for scope, source in places[:3])
             print(f"  {op} x{count}: {where}")
         return 1
     batch = args.batch if args.batch == "dynamic" else int(args.batch)
     result = export(model, example, args.output, format=args.format, method=args.method,
-                    opset=args.opset, batch=batch, simplify=args.simplify, dump_ir=args.dump_ir,
-                    overwrite=args.overwrite, check_inputs=checks, tolerances=_tolerances(args),
-                    model_spec=args.model, progress=progress)
-    print(f"exported {args.model} to {result.directory}/model.onnx "
-          f"({result.manifest['files']['model.onnx']['bytes'] / 1e6:.1f} MB, {len(result.graph)} IR nodes)")
+                    batch=batch, dump_ir=args.dump_ir, overwrite=args.overwrite, check_inputs=checks,
+                    tolerances=_tolerances(args), model_spec=args.model, progress=progress, **options)
+    model_file = result.manifest["model_file"]
+    print(f"exported {args.model} to {result.directory}/{model_file} "
+          f"({result.manifest['files'][model_file]['bytes'] / 1e6:.1f} MB, {len(result.graph)} IR nodes)")
     ok = True
     if result.verification is not None:
         shapes = "; ".join(_describe_inputs(inputs) for inputs in checks)
@@ -111,6 +113,47 @@ def cmd_export(args) -> int:
         import dexport
         ok &= _run_eval(args, model, dexport.load(result.directory))
     return 0 if ok else 1
+
+
+def _backend_options(args, backend) -> dict:
+    """The emission options given on the command line (flags left unset are None), for
+    ``backend``; one that belongs to another format is an error naming it."""
+    given = {}
+    for option in _all_options():
+        value = getattr(args, option.name)
+        if value is None:
+            continue
+        if option.name not in {o.name for o in backend.options}:
+            owners = [b.name for b in backends() if option.name in {o.name for o in b.options}]
+            raise DexportError(f"--{option.name.replace('_', '-')} is an option of format {', '.join(owners)}, "
+                               f"not of {backend.name}", hint=f"drop it, or pass --format {owners[0]}")
+        given[option.name] = value
+    return given
+
+
+def _all_options():
+    """Every registered backend's emission options, each name once (first backend's help)."""
+    seen = {}
+    for backend in backends():
+        for option in backend.options:
+            seen.setdefault(option.name, (option, backend))
+    return [option for option, _ in seen.values()]
+
+
+def _add_backend_options(p) -> None:
+    seen = {}
+    for backend in backends():
+        for option in backend.options:
+            if option.name in seen:
+                continue
+            seen[option.name] = option
+            flag = "--" + option.name.replace("_", "-")
+            if isinstance(option.default, bool):
+                p.add_argument(flag, dest=option.name, action="store_true", default=None,
+                               help=f"{option.help} (--format {backend.name})")
+            else:
+                p.add_argument(flag, dest=option.name, type=type(option.default), default=None,
+                               help=f"{option.help} (--format {backend.name}; default {option.default})")
 
 
 def _describe_inputs(inputs) -> str:
@@ -227,11 +270,13 @@ def cmd_verify(args) -> int:
 
 
 def _bisect(args, made, model, inputs, progress) -> bool:
-    """Re-capture the model as export did and name the first IR node whose ONNX value
+    """Re-capture the model as export did and name the first IR node whose emitted value
     diverges from the IR interpreter on ``inputs``; False when a lowering is wrong."""
     from dexport.bisect import bisect_artifact
     example = made[1] if isinstance(made, tuple) else None
-    with progress.step("re-capturing and comparing ONNX with the IR interpreter node by node"):
+    from dexport.artifacts import read_manifest
+    label = get_backend(read_manifest(args.artifact).get("format")).label
+    with progress.step(f"re-capturing and comparing {label} with the IR interpreter node by node"):
         report = bisect_artifact(args.artifact, model, inputs, example_inputs=example,
                                  capture_size=args.capture_size)
     print(report)
@@ -281,9 +326,11 @@ def cmd_dump(args) -> int:
     with progress.step(f"capturing by tracing at {args.size}x{args.size}"):
         example = (sample_images(1, args.size, seed=0),)
         graph = dexport.capture(model, example, method="tracing")
-    with progress.step(f"running passes {args.pipeline!r}"):
-        load_backends(args.pipeline)
-        PassManager(args.pipeline, verify_each=True, dump_dir=out / "passes").run(graph)
+    from dexport.driver import default_pipeline
+    pipeline = args.pipeline or default_pipeline()
+    with progress.step(f"running passes {pipeline!r}"):
+        load_backends()  # registers the backends' decompose targets
+        PassManager(pipeline, verify_each=True, dump_dir=out / "passes").run(graph)
     other_size = args.size + 32
     with progress.step(f"checking the IR against eager at {other_size}x{other_size}"):
         held_out = (sample_images(1, other_size, seed=1),)
@@ -327,30 +374,33 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--model", required=True, help="zoo:NAME (see `dexport zoo`) or package.module:factory")
     d.add_argument("--output", required=True, help="directory for the dumps")
     d.add_argument("--size", type=int, default=128, help="capture image size in pixels (default 128)")
-    d.add_argument("--pipeline", default=DEFAULT_PIPELINE, help=f"pass pipeline (default: {DEFAULT_PIPELINE})")
+    d.add_argument("--pipeline", help="pass pipeline (default: the default format's export pipeline, "
+                   "dexport.driver.default_pipeline())")
     _add_tolerance_flags(d)
     d.set_defaults(func=cmd_dump)
 
-    e = sub.add_parser("export", help="export a model to an artifact directory (ONNX)",
-                       description="Capture MODEL, run the pass pipeline, emit standard ONNX that plain "
-                                   "onnxruntime runs, compare it with eager PyTorch on inputs not used for "
-                                   "capture (other batch sizes and resolutions), and write OUTPUT "
-                                   "atomically: model.onnx + manifest.json. Load it back with "
+    formats = backend_names()
+    e = sub.add_parser("export", help=f"export a model to an artifact directory ({', '.join(formats)})",
+                       description="Capture MODEL, run the pass pipeline, emit the model in --format "
+                                   f"({DEFAULT_BACKEND} by default), compare it with eager PyTorch on inputs not "
+                                   "used for capture (other batch sizes and resolutions), and write OUTPUT "
+                                   "atomically: the model file(s) + manifest.json. Load it back with "
                                    "dexport.load(OUTPUT).")
     e.add_argument("--model", required=True, help="zoo:NAME (see `dexport zoo`) or package.module:factory; a "
                    "factory returns a model taking the zoo's inputs, or (model, example_inputs[, checks])")
     e.add_argument("--output", help="artifact directory to write (required unless --check)")
-    e.add_argument("--method", default="tracing", choices=["tracing"], help="capture method (default tracing)")
-    e.add_argument("--format", default="onnx", choices=["onnx"], help="artifact format (default onnx)")
+    e.add_argument("--method", default="tracing", choices=frontend_names(),
+                   help="capture method, a registered frontend (default tracing)")
+    e.add_argument("--format", default=DEFAULT_BACKEND, choices=formats,
+                   help=f"artifact format, a registered backend (default {DEFAULT_BACKEND})")
     e.add_argument("--batch", default="dynamic",
                    help="'dynamic' (default: one artifact for any batch size) or a number to capture and "
                         "check at that batch size")
     e.add_argument("--size", type=int, default=128, help="capture image size in pixels (default 128)")
-    e.add_argument("--opset", type=int, default=17, help="ONNX opset, 17..21 (default 17)")
-    e.add_argument("--simplify", action="store_true", help="run onnxsim on the emitted model")
+    _add_backend_options(e)
     e.add_argument("--dump-ir", metavar="DIR", help="also write the IR (graph.ir/.dot/.svg, per-pass dumps) to DIR")
     e.add_argument("--check", action="store_true",
-                   help="only report which ops of the captured graph have no ONNX lowering; write nothing")
+                   help="only report which ops of the captured graph have no lowering in --format; write nothing")
     e.add_argument("--overwrite", action="store_true", help="replace an existing artifact at --output")
     _add_tolerance_flags(e)
     _add_eval_flags(e)
@@ -368,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--batch", default="1,2,3", help="batch sizes to cycle through (default 1,2,3)")
     v.add_argument("--json", metavar="OUT", help="write the full report as json to OUT")
     v.add_argument("--bisect", action="store_true",
-                   help="also re-capture the model and name the first IR node whose ONNX value diverges "
+                   help="also re-capture the model and name the first IR node whose emitted value diverges "
                         "from the IR interpreter on the first held-out input (op, scope, source, IR around it)")
     v.add_argument("--capture-size", type=int, default=128,
                    help="image size a detector is re-captured at for --bisect (default 128, as export's --size)")
@@ -377,9 +427,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.set_defaults(func=cmd_verify)
 
     b = sub.add_parser("bench", help="time eager PyTorch, exported artifacts and the backbone+FPN floor",
-                       description="Time MODEL eager (list API and forward_batched), each ONNX artifact "
-                                   "in onnxruntime (none given: export one first) and the backbone + FPN "
-                                   "alone, in one run with a fixed thread count; print a markdown table "
+                       description="Time MODEL eager (list API and forward_batched), each artifact "
+                                   "in its format's runtime (none given: export one first) and the backbone + "
+                                   "FPN alone, in one run with a fixed thread count; print a markdown table "
                                    "of medians and ratios against eager model(list).")
     b.add_argument("--model", required=True, help="zoo:NAME (see `dexport zoo`) or package.module:factory")
     b.add_argument("--artifact", action="append", metavar="DIR",
@@ -388,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
     b.add_argument("--runs", type=int, default=10, help="timed runs per entry (default 10)")
     b.add_argument("--warmup", type=int, default=2, help="untimed runs first (default 2)")
-    b.add_argument("--threads", type=int, default=2, help="torch and onnxruntime threads (default 2)")
+    b.add_argument("--threads", type=int, default=2, help="torch and artifact runtime threads (default 2)")
     b.add_argument("--json", metavar="OUT", help="write the results as JSON")
     b.add_argument("--md", metavar="OUT", help="write the markdown table")
     b.set_defaults(func=cmd_bench)

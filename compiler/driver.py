@@ -14,8 +14,6 @@ Two ways a model's inputs and outputs reach the emitted graph:
 """
 from __future__ import annotations
 
-import importlib
-import importlib.metadata
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -25,16 +23,13 @@ from typing import Any, Sequence
 import torch
 
 from dexport.artifacts import finish_manifest, staging_directory
+from dexport.backends.base import DEFAULT_BACKEND, Backend, dist_version, get_backend, load_backends
 from dexport.capture import capture
 from dexport.dump import dump_ir as write_ir_dump
+from dexport.frontends.base import get_frontend
 from dexport.ir.errors import DexportError
 from dexport.ir.graph import Graph
 
-# Cleanups; parameter-only arithmetic (frozen batch norm scales and shifts) computed
-# once here instead of on every run; ops without an ONNX lowering rewritten through
-# torch's decompositions (before the emitter gives up on them); the dead code that leaves.
-DEFAULT_PIPELINE = "canonicalize,cse,fold-constants,decompose{target=onnx},dce"
-FORMATS = ("onnx",)
 IO_KINDS = ("structured", "detection")
 
 
@@ -50,13 +45,18 @@ def io_kind_of(model: torch.nn.Module) -> str:
     return "detection" if callable(getattr(model, "forward_batched", None)) else "structured"
 
 
-def _versions() -> dict:
-    def version(dist: str) -> str:
-        try:
-            return importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            return ""
-    return {d: version(d) for d in ("dexport", "torch", "onnx", "onnxruntime")}
+def default_pipeline(format: str = DEFAULT_BACKEND) -> str:
+    """Cleanups; parameter-only arithmetic (frozen batch norm scales and shifts) computed
+    once here instead of on every run; ops without a lowering in the ``format``'s backend
+    rewritten through torch's decompositions (before the emitter gives up on them); the
+    dead code that leaves."""
+    target = get_backend(format).decompose_target
+    decompose = f"decompose{{target={target}}}," if target else ""
+    return f"canonicalize,cse,fold-constants,{decompose}dce"
+
+
+def _versions(backend: Backend) -> dict:
+    return {"dexport": dist_version("dexport"), "torch": dist_version("torch"), **backend.versions()}
 
 
 # Probes only need other sizes, not big ones: a probe costs a full run of the model at
@@ -108,25 +108,20 @@ def batched_inputs(model_inputs: tuple) -> tuple:
     return tuple(stack_inputs(model_inputs[0], "cpu")[:3])
 
 
-def load_backends(pipeline: str) -> None:
-    """Import the backends a pipeline's ``decompose{target=...}`` needs: a backend
-    registers its target when imported, and passes never import backends."""
-    if "decompose" in pipeline:
-        importlib.import_module("dexport.backends.onnx")
-
-
 def build_graph(model: torch.nn.Module, example_inputs: tuple, *, method: str = "tracing",
-                batch: str | int = "dynamic", pipeline: str = DEFAULT_PIPELINE,
+                batch: str | int = "dynamic", pipeline: str | None = None,
                 dump_dir: str | os.PathLike | None = None, step=None) -> tuple[Graph, str]:
     """The graph an export emits, and the full pipeline that made it: a detector is
-    captured through ``forward_batched`` on the example and two probe batches, and
+    captured through ``forward_batched`` on the example (and, for a frontend that
+    needs them, two probe batches), and
     ``fix-batch-dim`` runs first (unless ``pipeline`` already starts with it, as the
     pipeline an artifact's manifest records does); any other model is captured as it
-    is called."""
+    is called. ``pipeline`` None: the default format's (``default_pipeline``)."""
     from dexport.passes import PassManager
 
     step = step or (lambda text: nullcontext())
-    load_backends(pipeline)
+    load_backends()  # registers every backend's decompose target, which passes cannot import
+    pipeline = pipeline or default_pipeline()
     model.eval()
     detection = io_kind_of(model) == "detection"
     if batch != "dynamic" and (not detection or int(batch) != len(example_inputs[0])):
@@ -134,10 +129,13 @@ def build_graph(model: torch.nn.Module, example_inputs: tuple, *, method: str = 
                            hint="pass that many example images, or batch='dynamic'")
     with torch.no_grad():
         if detection:
-            with step(f"capturing by {method} (and on 2 probe batches to find size-dependent values)"):
+            # A frontend that bakes the example's sizes in is also captured on probe batches.
+            probing = get_frontend(method).needs_probes
+            probes = [batched_inputs(p) for p in probe_batches(example_inputs[0], batch)] if probing else None
+            with step(f"capturing by {method}" + (f" (and on {len(probes)} probe batches to find "
+                                                  "size-dependent values)" if probing else "")):
                 graph = capture(model, batched_inputs(example_inputs), method=method,
-                                inference_func=lambda m, *args: m.forward_batched(*args),
-                                probe_inputs=[batched_inputs(p) for p in probe_batches(example_inputs[0], batch)])
+                                inference_func=lambda m, *args: m.forward_batched(*args), probe_inputs=probes)
             if not pipeline.startswith("fix-batch-dim"):  # a manifest's pipeline already has it
                 pipeline = f"fix-batch-dim{{batch={batch}}}," + pipeline
         else:
@@ -149,12 +147,15 @@ def build_graph(model: torch.nn.Module, example_inputs: tuple, *, method: str = 
 
 
 def export(model: torch.nn.Module, example_inputs: tuple, output: str | os.PathLike, *,
-           format: str = "onnx", method: str = "tracing", opset: int = 17, batch: str | int = "dynamic",
-           pipeline: str = DEFAULT_PIPELINE, simplify: bool = False,
-           dump_ir: str | os.PathLike | None = None, overwrite: bool = False,
-           check_inputs: Sequence[tuple] = (), tolerances=None, model_spec: str | None = None, progress=None) -> ExportResult:
+           format: str = DEFAULT_BACKEND, method: str = "tracing", batch: str | int = "dynamic",
+           pipeline: str | None = None, dump_ir: str | os.PathLike | None = None, overwrite: bool = False,
+           check_inputs: Sequence[tuple] = (), tolerances=None, model_spec: str | None = None, progress=None,
+           **options) -> ExportResult:
     """Export ``model`` (called as ``model(*example_inputs)``) into the artifact
-    directory ``output``, written atomically.
+    directory ``output``, written atomically, in ``format`` (a registered backend,
+    ``dexport.backends.backend_names()``); ``options`` are that backend's emission
+    options by name (``Backend.options``, recorded in the manifest). ``pipeline`` None:
+    the format's ``default_pipeline``.
 
     ``check_inputs``: more input tuples, not used for capture, on which the artifact is
     compared with eager PyTorch by ``dexport.verification.verify`` (detections matched
@@ -165,44 +166,41 @@ def export(model: torch.nn.Module, example_inputs: tuple, output: str | os.PathL
     makes one artifact for every batch size (differential capture on two probe batches,
     then ``fix-batch-dim``); an int fixes the batch to the example's size. ``progress`` is a
     ``dexport.cli.Progress``-like object with a ``step(text)`` context manager (None: silent)."""
-    from dexport.backends import onnx as onnx_backend
-    from dexport.loader import load_onnx_bytes
+    from dexport.loader import load_files
 
-    if format not in FORMATS:
-        raise DexportError(f"format {format!r} is not available", hint=f"use one of {list(FORMATS)}")
+    backend = get_backend(format)
+    options = backend.resolve_options(options)
     step = progress.step if progress is not None else (lambda text: nullcontext())
     kind = io_kind_of(model)
-    graph, pipeline = build_graph(model, example_inputs, method=method, batch=batch, pipeline=pipeline,
+    graph, pipeline = build_graph(model, example_inputs, method=method, batch=batch,
+                                  pipeline=pipeline or default_pipeline(format),
                                   dump_dir=Path(dump_ir) / "passes" if dump_ir else None, step=step)
-    with step(f"emitting ONNX (opset {opset})"):
+    with step(f"emitting {backend.summary(options)}"):
         input_names, output_names = _io_names(graph, kind)
-        proto = onnx_backend.emit_onnx(graph, opset=opset, input_names=input_names,
-                                       output_names=output_names)
-        if simplify:
-            proto = onnx_backend.simplify(proto)
-        model_bytes = proto.SerializeToString()
+        emission = backend.emit(graph, input_names=input_names, output_names=output_names, options=options)
 
     manifest = {
         "model": model_spec,
-        "format": format, "method": method, "io": kind, "opset": opset, "batch": batch,
-        "versions": _versions(), "pipeline": pipeline, "simplified": bool(simplify),
-        "model_file": "model.onnx",
+        "format": format, "method": method, "io": kind, "batch": batch,
+        **backend.manifest_fields(options),
+        "versions": _versions(backend), "pipeline": pipeline,
         "input_schema": graph.input_schema.to_json() if graph.input_schema else None,
         "output_schema": graph.output_schema.to_json() if graph.output_schema else None,
-        "inputs": [{"name": i.name, "shape": _dims(i)} for i in proto.graph.input],
-        "outputs": [{"name": o.name, "shape": _dims(o)} for o in proto.graph.output],
+        **emission.manifest_fields(),
     }
     report = None
     if check_inputs:
         from dexport.verification import verify
         with step(f"verifying against eager on {len(check_inputs)} held-out input(s)"):
-            runner = load_onnx_bytes(model_bytes, manifest)
+            runner = load_files(emission.files.__getitem__, manifest)
             report = verify(model, runner, check_inputs, tolerances=tolerances)
             manifest["verification"] = report.to_dict()
 
     with step(f"writing {output}"):
         with staging_directory(output, overwrite=overwrite) as stage:
-            (stage / "model.onnx").write_bytes(model_bytes)
+            for name, data in sorted(emission.files.items()):
+                (stage / name).parent.mkdir(parents=True, exist_ok=True)
+                (stage / name).write_bytes(data)
             if dump_ir:
                 write_ir_dump(graph, dump_ir)
             manifest = finish_manifest(stage, manifest)
@@ -213,7 +211,7 @@ DETECTION_INPUTS = ("images", "image_sizes", "output_sizes")
 
 
 def _io_names(graph: Graph, kind: str) -> tuple[list[str] | None, list[str] | None]:
-    """Readable ONNX names where the structure gives them: the batched detection inputs,
+    """Readable I/O names where the structure gives them: the batched detection inputs,
     and the keys of a dict of tensors returned by the model."""
     from dexport.ir.schema import DictSchema, TensorSchema
     inputs = list(DETECTION_INPUTS) if kind == "detection" else None
@@ -226,10 +224,5 @@ def _io_names(graph: Graph, kind: str) -> tuple[list[str] | None, list[str] | No
     return inputs, outputs
 
 
-def _dims(value_info) -> list:
-    return [d.dim_param if d.dim_param else d.dim_value
-            for d in value_info.type.tensor_type.shape.dim]
-
-
-__all__ = ["DEFAULT_PIPELINE", "ExportResult", "batched_inputs", "build_graph", "export", "io_kind_of",
+__all__ = ["ExportResult", "batched_inputs", "build_graph", "default_pipeline", "export", "io_kind_of",
            "probe_batches"]

@@ -14,26 +14,22 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from dexport.artifacts import check_files, read_manifest
+from dexport.backends.base import FileReader, Runner
 from dexport.ir.errors import DexportError
 from dexport.ir.schema import schema_from_json
 
 
 class LoadedModel:
-    """An ONNX artifact run by onnxruntime (CPU, no custom-op library)."""
+    """An artifact's model, run by its backend's runner (``Backend.load``), taking and
+    returning the model's own structures."""
 
-    def __init__(self, model_bytes: bytes, manifest: dict, *, threads: int | None = None):
-        import onnxruntime
-        options = onnxruntime.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
+    def __init__(self, runner: Runner, manifest: dict):
         self.manifest = manifest
-        self.session = onnxruntime.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
-        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.runner = runner
+        self.input_names = [i["name"] for i in manifest["inputs"]]
         self.input_schema = schema_from_json(manifest["input_schema"])
         self.output_schema = schema_from_json(manifest["output_schema"])
         self.io = manifest["io"]
@@ -43,9 +39,7 @@ class LoadedModel:
         if len(flat_inputs) != len(self.input_names):
             raise DexportError(f"the exported graph takes {len(self.input_names)} tensors, got {len(flat_inputs)}",
                                hint="call the loaded model with the model's own inputs instead")
-        feed = {name: _to_numpy(x) for name, x in zip(self.input_names, flat_inputs)}
-        # np.require keeps 0-d outputs 0-d (np.ascontiguousarray would make them [1]).
-        return [torch.from_numpy(np.require(o, requirements="C")) for o in self.session.run(None, feed)]
+        return self.runner.run_flat(flat_inputs)
 
     def __call__(self, *inputs) -> Any:
         if self.io == "detection":
@@ -79,23 +73,33 @@ def detection_results(outputs: dict[str, torch.Tensor], output_sizes: list[tuple
     return results
 
 
-def _to_numpy(x) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        return x.detach().cpu().contiguous().numpy()
-    return np.asarray(x)
+def load_files(read: FileReader, manifest: dict, *, threads: int | None = None) -> LoadedModel:
+    """An artifact's model from its files, read by name through ``read`` (before the
+    artifact is written, the export verifies the emitted files so)."""
+    runner = _backend(manifest).load(read, manifest, threads=threads)
+    return LoadedModel(runner, manifest)
 
 
-def load_onnx_bytes(model_bytes: bytes, manifest: dict, **options) -> LoadedModel:
-    return LoadedModel(model_bytes, manifest, **options)
+def _backend(manifest: dict):
+    from dexport.backends.base import backend_names, get_backend
+    name = manifest.get("format")
+    if name not in backend_names():
+        raise DexportError(f"format {name!r} cannot be loaded by this dexport (formats: {', '.join(backend_names())})",
+                           hint="upgrade dexport, or register the backend that wrote it, or re-export")
+    return get_backend(name)
 
 
 def load(directory: str | os.PathLike, *, threads: int | None = None) -> LoadedModel:
     """Load an artifact directory written by ``dexport export``; its files are checked
-    against the manifest's digests first."""
+    against the manifest's digests first. ``threads``: the runner's thread count."""
     manifest = read_manifest(directory)
     check_files(directory, manifest)
-    if manifest.get("format") != "onnx":
-        raise DexportError(f"{directory}: format {manifest.get('format')!r} cannot be loaded by this dexport",
-                           hint="upgrade dexport, or re-export with --format onnx")
-    model_bytes = (Path(directory) / manifest["model_file"]).read_bytes()
-    return LoadedModel(model_bytes, manifest, threads=threads)
+    _backend(manifest)  # an unknown format is refused before any file is read
+    return load_files(file_reader(directory), manifest, threads=threads)
+
+
+def file_reader(directory: str | os.PathLike) -> FileReader:
+    """Reads an artifact directory's files by their artifact-relative names."""
+    def read(name: str) -> bytes:
+        return (Path(directory) / name).read_bytes()
+    return read

@@ -15,7 +15,8 @@ with static shapes, parameters, constants) stay numbers. A decomposition that
 guards on a shape (branches on a size, assumes two sizes equal) bakes that shape
 into the graph and is refused, as is one whose result uses any op the target
 lacks. A refused or undecomposable node is left as it was; the backend's
-unsupported-op report then lists it, and ``Decompose.refused`` says why.
+unsupported-op report then lists it, and ``Decompose.refused`` says why. The trace is
+built into the graph by the shared FX importer (``dexport.ir.fx_importer``).
 
 Targets are registered by name (``register_target("onnx", has_lowering)``) by the
 backend modules, which sit above the passes and so cannot be imported from here.
@@ -27,22 +28,20 @@ on first use (about 0.7 s), so registering the pass costs nothing.
 from __future__ import annotations
 
 import functools
-import operator
 import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
-from torch.utils import _pytree as pytree
 
 from dexport.ir.errors import PassError
+from dexport.ir.fx_importer import CONSTRUCT, FxImporter, FxImportError, plan, schema_returns_list
 from dexport.ir.graph import CONSTANT, PARAM, Graph, Node, Value
-from dexport.ir.ops import get_op, has_op, ir_type_from_jit, type_of_constant, unify_types
-from dexport.ir.types import BOOL, FLOAT, INT, ListType, TensorType, Type
+from dexport.ir.ops import get_op
+from dexport.ir.types import TensorType
 from dexport.passes.base import Pass, register_pass
 
 Supports = Callable[[str], bool]
-CONSTRUCT, UNPACK = "prim::ListConstruct", "prim::ListUnpack"
 
 _TARGETS: dict[str, Supports] = {}
 
@@ -114,10 +113,10 @@ def decompose_node(graph: Graph, node: Node, supports: Supports) -> str | None:
     graph is then untouched)."""
     try:
         traced = _Tracer(graph, node, supports).trace()
-        plan = _plan(traced, supports)
+        ops = _plan(traced, supports)
+        _splice(graph, node, traced, ops)
     except _Refusal as refusal:
         return str(refusal)
-    _Splicer(graph, node, traced).splice(plan)
     return None
 
 
@@ -275,202 +274,36 @@ def _overload(name: str):
     return getattr(getattr(getattr(torch.ops, ns), base), overload or "default")
 
 
-# --------------------------------------------------------------------------- planning
-
-# Python operators on sizes in the trace -> the IR's scalar ops (suffix by operand kinds).
-_SCALAR_OPS = {operator.add: "add", operator.sub: "sub", operator.mul: "mul",
-               operator.floordiv: "floordiv", operator.mod: "remainder", operator.truediv: "div",
-               operator.neg: "neg"}
-# Size queries: FX's sym_* ops -> the ops captured graphs use.
-_SIZE_OPS = {"aten::sym_size.int": "aten::size.int", "aten::sym_numel": "aten::numel",
-             "aten::sym_stride.int": "aten::stride.int"}
-
-
-def _kind(value: Any) -> str:
-    if isinstance(value, (bool, torch.SymBool)):
-        return "bool"
-    if isinstance(value, (int, torch.SymInt)):
-        return "int"
-    if isinstance(value, (float, torch.SymFloat)):
-        return "float"
-    raise _Refusal(f"a size computation on {type(value).__name__}")
-
-
-def _meta(arg: Any) -> Any:
-    return arg.meta["val"] if isinstance(arg, torch.fx.Node) else arg
-
-
-def _ir_op(fx_node: torch.fx.Node) -> str | None:
-    """The IR op of one FX call (None for getitem, which only selects)."""
-    target = fx_node.target
-    if target is operator.getitem:
-        return None
-    if isinstance(target, torch._ops.OpOverload):
-        name = target.name()
-        return _SIZE_OPS.get(name, name)
-    if target in _SCALAR_OPS:
-        kinds = [_kind(_meta(a)) for a in fx_node.args]
-        suffix = kinds[0] if len(set(kinds)) == 1 else "_".join(kinds)
-        name = f"aten::{_SCALAR_OPS[target]}.{suffix}"
-        if has_op(name):
-            return name
-    raise _Refusal(f"the decomposition uses {getattr(target, '__name__', target)!s}, "
-                   f"which the IR has no op for")
-
+# --------------------------------------------------------------------------- planning and splicing
 
 def _plan(traced: _Traced, supports: Supports) -> dict[torch.fx.Node, str | None]:
     """The IR op of every FX call; refuses when the target lacks any op the splice
     would create (list construction and unpacking included)."""
-    plan = {}
-    needed: dict[str, None] = {}
-    for fx_node in traced.gm.graph.nodes:
-        if fx_node.op == "call_function":
-            op = plan[fx_node] = _ir_op(fx_node)
-            if op is None:
-                continue
-            needed[op] = None
-            if _returns_list(fx_node.target):
-                needed[UNPACK] = None
-            if any(isinstance(a, (list, tuple)) and any(isinstance(x, torch.fx.Node) for x in a)
-                   for a in (*fx_node.args, *fx_node.kwargs.values())):
-                needed[CONSTRUCT] = None
-        elif fx_node.op == "output":
-            if _schema_returns_list(traced.schema):
-                needed[CONSTRUCT] = None
-        elif fx_node.op not in ("placeholder", "get_attr"):
-            raise _Refusal(f"the decomposition has a {fx_node.op} node")
+    try:
+        ops, needed = plan(traced.gm)
+    except FxImportError as err:
+        raise _Refusal(err.what) from None
+    if schema_returns_list(traced.schema) and CONSTRUCT not in needed:
+        needed.append(CONSTRUCT)
     missing = [op for op in needed if not supports(op)]
     if traced.op in missing:
         raise _Refusal("torch has no decomposition of this op (or none without it)")
     if missing:
         raise _Refusal("the decomposition uses ops the target lacks: " + ", ".join(missing))
-    return plan
+    return ops
 
 
-# --------------------------------------------------------------------------- splicing
-
-class _Splicer:
-    """Builds the traced FX graph as IR nodes before ``node``, then replaces it."""
-
-    def __init__(self, graph: Graph, node: Node, traced: _Traced):
-        import sympy
-        self.graph, self.node, self.traced = graph, node, traced
-        self.values: dict[torch.fx.Node, Any] = {}   # FX node -> Value, or a tuple of them
-        self.constants: dict[tuple, Value] = {}
-        # Symbols back to what the IR called them: names, or (traced graphs) example sizes.
-        self.names = {sym: sympy.Symbol(dim) if isinstance(dim, str) else sympy.Integer(dim)
-                      for sym, dim in traced.symbol_dims.items() if dim != "?"}
-
-    def splice(self, plan: dict) -> None:
-        gm = self.traced.gm
-        placeholders = iter(self.traced.placeholders)
-        result = None
-        for fx_node in gm.graph.nodes:
-            if fx_node.op == "placeholder":
-                self.values[fx_node] = next(placeholders)
-            elif fx_node.op == "get_attr":
-                self.values[fx_node] = self._tensor_constant(getattr(gm, fx_node.target))
-            elif fx_node.op == "call_function":
-                self.values[fx_node] = self._call(fx_node, plan[fx_node])
-            else:
-                result = fx_node.args[0]
-        outputs = self._results(result)
-        for old, new in zip(self.node.outputs, outputs):
-            old.replace_all_uses_with(new)
-        self.graph.erase_nodes([self.node])
-
-    def _results(self, result: Any) -> list[Value]:
-        flat = [self._value(r) for r in pytree.tree_leaves(result)]
-        if _schema_returns_list(self.traced.schema):
-            return [self._create(CONSTRUCT, flat, [self.node.outputs[0].type]).output]
-        return flat
-
-    # -- nodes ----------------------------------------------------------------------------
-    def _create(self, op: str, inputs: list[Value], types: list[Type], attrs=None) -> Node:
-        return self.graph.create_node(op, inputs, types, attrs, self.node.meta.copy(), before=self.node)
-
-    def _call(self, fx_node: torch.fx.Node, op: str | None) -> Any:
-        if op is None:  # getitem of a multi-result op
-            source, index = fx_node.args
-            return self.values[source][index]
-        target = fx_node.target
-        if isinstance(target, torch._ops.OpOverload):
-            schema = target._schema
-            inputs = [self._argument(fx_node, k, arg) for k, arg in enumerate(schema.arguments)]
-        else:
-            inputs = [self._value(a) for a in fx_node.args]
-        val = fx_node.meta["val"]
-        if _returns_list(target):  # one Tensor[] result: getitem reads its unpacked elements
-            elems = [self._type(v) for v in val]
-            listed = self._create(op, inputs, [ListType(unify_types(elems))]).output
-            return tuple(self._create(UNPACK, [listed], elems).outputs)
-        if isinstance(val, (tuple, list)):  # several results
-            return tuple(self._create(op, inputs, [self._type(v) for v in val]).outputs)
-        return self._create(op, inputs, [self._type(val)]).output
-
-    def _argument(self, fx_node: torch.fx.Node, k: int, arg) -> Value:
-        """The Value of schema argument ``arg`` (number ``k``) of an FX call."""
-        if k < len(fx_node.args) and not arg.kwarg_only:
-            given = fx_node.args[k]
-        elif arg.name in fx_node.kwargs:
-            given = fx_node.kwargs[arg.name]
-        elif arg.has_default_value():
-            given = arg.default_value
-        else:
-            raise PassError(f"decompose: {fx_node.target} has no value for argument {arg.name!r}")
-        if isinstance(given, (list, tuple)) and any(isinstance(a, torch.fx.Node) for a in given):
-            items = [self._value(a) for a in given]
-            list_type = ir_type_from_jit(arg.type)
-            return self._create(CONSTRUCT, items, [list_type]).output
-        if isinstance(given, (list, tuple)):  # typed by the schema, even when empty
-            return self._value(list(given), ir_type_from_jit(arg.type))
-        return self._value(given)
-
-    def _value(self, arg: Any, typ: Type | None = None) -> Value:
-        if isinstance(arg, torch.fx.Node):
-            return self.values[arg]
-        if isinstance(arg, tuple):
-            arg = list(arg)
-        typ = typ or type_of_constant(arg)
-        key = (str(typ), repr(arg))
-        value = self.constants.get(key)
-        if value is None:
-            value = self.constants[key] = self._create(CONSTANT, [], [typ], {"value": arg}).output
-        return value
-
-    def _tensor_constant(self, tensor: torch.Tensor) -> Value:
-        tensor = tensor.detach().clone()
-        if tensor.numel() <= 16:
-            return self._create(CONSTANT, [], [type_of_constant(tensor)], {"value": tensor}).output
-        scope = self.node.meta.scope
-        return self.graph.add_param(self.graph.unique_param_name(f"{scope}.decomposed" if scope else "decomposed"),
-                                    tensor, before=self.node)
-
-    # -- types ----------------------------------------------------------------------------
-    def _type(self, val: Any) -> Type:
-        if isinstance(val, torch.Tensor):
-            return TensorType(val.dtype, tuple(self._dim(d) for d in val.shape))
-        return {"int": INT, "float": FLOAT, "bool": BOOL}[_kind(val)]
-
-    def _dim(self, size) -> int | str:
-        if isinstance(size, int):
-            return size
-        expr = size.node.expr
-        if expr.is_Symbol and expr in self.traced.symbol_dims:
-            return self.traced.symbol_dims[expr]
-        if expr.free_symbols - set(self.names):
-            return "?"
-        expr = expr.xreplace(self.names)
-        if expr.is_Integer:
-            return int(expr)
-        text = str(expr)
-        return "?" if any(c in text for c in ",[]") else text
-
-
-def _returns_list(target: Any) -> bool:
-    return isinstance(target, torch._ops.OpOverload) and _schema_returns_list(target._schema)
-
-
-def _schema_returns_list(schema) -> bool:
-    returns = schema.returns
-    return len(returns) == 1 and isinstance(ir_type_from_jit(returns[0].type), ListType)
+def _splice(graph: Graph, node: Node, traced: _Traced, ops: dict) -> None:
+    """Build the traced FX graph as IR nodes before ``node``, then replace it."""
+    scope = node.meta.scope
+    importer = FxImporter(graph, before=node, meta=node.meta, symbol_dims=traced.symbol_dims,
+                          param_prefix=f"{scope}.decomposed" if scope else "decomposed")
+    try:
+        outputs = importer.import_graph(traced.gm, traced.placeholders, ops)
+    except FxImportError as err:  # planned ops all exist: a missing argument is torch's bug or ours
+        raise PassError(f"decompose: {err.what}", op=node.op, scope=scope, source=node.meta.source) from None
+    if schema_returns_list(traced.schema):
+        outputs = [importer.create(CONSTRUCT, outputs, [node.outputs[0].type]).output]
+    for old, new in zip(node.outputs, outputs):
+        old.replace_all_uses_with(new)
+    graph.erase_nodes([node])

@@ -1,7 +1,7 @@
 """``fix-batch-dim``: make a captured graph batch-polymorphic, or fix its batch size.
 
 It works on what differential capture recorded (``dexport.capture(...,
-probe_inputs=...)``, see ``dexport.probes``): symbolic input dims (``N`` for the
+probe_inputs=...)``, see ``dexport.frontends.probes``): symbolic input dims (``N`` for the
 batch, ``H``/``W`` for the resolution), symbolic dims in the types, and constants
 that Python computed from a traced size, tagged ``size=<expr>``.
 
@@ -36,7 +36,7 @@ from dexport.passes.base import Pass, register_pass
 
 __all__ = ["FixBatchDim", "SIZE_TAG", "DATA_DEPENDENT_OPS", "is_data_dependent"]
 
-SIZE_TAG = "size="  # on constants that dexport.probes found to be traced sizes
+SIZE_TAG = "size="  # on constants that dexport.frontends.probes found to be traced sizes
 
 # Ops whose output sizes depend on tensor values, not only on input sizes.
 DATA_DEPENDENT_OPS = frozenset({
@@ -209,7 +209,7 @@ class _ShapeBuilder:
                                 any(s not in bindings and s not in self.symbols for s in expr.symbols)):
                 raise PassError(f"fix-batch-dim: the size tag {text!r} names a symbol the graph's "
                                 "inputs do not have", op=node.op, scope=node.meta.scope,
-                                source=node.meta.source, hint="the tag comes from dexport.probes; "
+                                source=node.meta.source, hint="the tag comes from dexport.frontends.probes; "
                                 "keep the graph's input types as the capture set them")
             exprs.append(expr.substitute(bindings) if isinstance(expr, DimExpr) else expr)
         if all(isinstance(e, int) for e in exprs):

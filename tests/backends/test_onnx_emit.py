@@ -196,14 +196,17 @@ def test_unsupported_opset():
 def test_registry():
     assert has_lowering("aten::relu") and has_lowering("prim::Constant")
     assert not has_lowering("foo::bar")
-    with pytest.raises(DexportError, match="already has an ONNX lowering"):
+    with pytest.raises(DexportError, match="already has a lowering in the 'onnx' table"):
         lowering("aten::relu")(lambda ctx, node: [])
     assert LOWERINGS["aten::relu"].__module__ == "dexport.backends.onnx_aten"
 
 
 def test_backend_is_the_onnx_decompose_target():
+    from dexport.backends import get_backend, register_backend
     from dexport.passes.decompose import target_support
-    assert target_support("onnx") is has_lowering
+    backend = register_backend(get_backend("onnx"))  # as on import (other tests replace the target)
+    assert target_support("onnx") == backend.supports
+    assert target_support("onnx")("aten::relu") and not target_support("onnx")("foo::bar")
 
 
 def test_custom_lowering_registered_by_a_user(monkeypatch):

@@ -30,7 +30,8 @@ def test_bench_writes_json_and_markdown(tmp_path, capsys):
         assert {"median_ms", "p10_ms", "p90_ms", "vs_baseline", "vs_floor"} <= set(e)
         assert e["runs"] == 2 and e["warmup"] == 1
     artifact = result["entries"][2]
-    assert artifact["parity_ok"] and artifact["onnx_nodes"] > result["entries"][3]["onnx_nodes"] > 0
+    assert artifact["parity_ok"] and artifact["nodes"] > result["entries"][3]["nodes"] > 0
+    assert artifact["format"] == "onnx" and "onnxruntime" in result["machine"]["runtimes"]
     assert len(result["machine"]["loadavg_before"]) == 3
     md = out_md.read_text()
     assert md in captured.out

@@ -17,8 +17,6 @@ from dexport.ir.interpreter import run
 def lowerings(monkeypatch):
     """Replace one lowering for the duration of a test: ``patch(op, wrap)`` where
     ``wrap(ctx, node, outputs) -> outputs`` edits the correct lowering's results."""
-    onnx_backend._load_lowerings()
-
     def patch(op: str, wrap):
         correct = onnx_backend.LOWERINGS[op]
         monkeypatch.setitem(onnx_backend.LOWERINGS, op,

@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import dexport
-from dexport import tracing
+from dexport.frontends import jit_importer
 from dexport.ir import CaptureError
 from dexport.ir.verifier import verify
 from dexport.ir.dialects.structures import Boxes, Instances
@@ -320,7 +320,7 @@ def test_opaque_python_functions_are_refused():
 
 
 def test_unknown_ops_are_listed_together(monkeypatch):
-    monkeypatch.setattr(tracing, "has_op", lambda name: name not in ("aten::relu", "aten::max_pool2d"))
+    monkeypatch.setattr(jit_importer, "has_op", lambda name: name not in ("aten::relu", "aten::max_pool2d"))
     with pytest.raises(CaptureError, match="2 op") as info:
         dexport.capture(TinyResNet().eval(), (torch.randn(1, 3, 16, 16),))
     assert "aten::relu  # stem.2" in info.value.context

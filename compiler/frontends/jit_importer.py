@@ -1,7 +1,7 @@
-"""The tracing frontend: ``torch.jit.trace`` through the flattening adapter, then
-the inlined TorchScript graph is converted node by node into the IR.
+"""The jit-graph importer: an inlined TorchScript graph (``torch._C.Graph``, from
+``torch.jit.trace`` or ``torch.jit.script``) converted node by node into the IR.
 
-What the conversion keeps, and why:
+Shared by the frontends that go through TorchScript. What the conversion keeps, and why:
 
 * parameters and buffers (``prim::GetAttr`` chains) become ``prim::Param``
   nodes named by their qualified names in the user's model
@@ -11,37 +11,23 @@ What the conversion keeps, and why:
   go to ``graph.params`` as ``_const.N`` so the text form stays small; an int
   constant that only feeds ``ScalarType``/``Layout``/``MemoryFormat`` arguments
   becomes the torch object it stands for (``torch.float32``), as it reads;
+* nested blocks (``prim::If``/``prim::Loop`` bodies) become IR blocks;
 * every node records the module scope that ran it (``layer1.0.conv1``) and the
-  innermost source line of the user's code (torch's own frames skipped) as a
-  path relative to its import root, so the IR text is the same on every machine.
+  source line the frontend picks for it (``source_of``).
 """
 from __future__ import annotations
 
-import importlib.util
-import inspect
-import os
-import re
-import sys
-import traceback
-import warnings
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
-from dexport.adapter import TracingAdapter
-from dexport.ir.errors import CaptureError, DexportError
+from dexport.ir.errors import CaptureError
 from dexport.ir.graph import CONSTANT, PARAM, Block, Graph, Meta, Node, Value
 from dexport.ir.ops import has_op, ir_type_from_jit, registered_ops, type_of_constant
-from dexport.ir.schema import DictSchema, RecordSchema, Schema, SequenceSchema, TensorSchema
 
 # Tensor constants up to this many elements stay attributes; larger ones become params.
 SMALL_CONSTANT_NUMEL = 8
 
-_TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
-_DEXPORT_COMPILER_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
-# The dialects' op wrappers and records (Boxes, Instances) are dexport's code too: the
-# useful line is the model code that called them.
-_DIALECTS_DIR = os.path.dirname(os.path.abspath(importlib.util.find_spec("dexport.ir.dialects").origin)) + os.sep
 
 # The integer codes TorchScript uses for these enums, as the torch objects they mean.
 _DTYPE_CODES = {torch.ops.prim.dtype(torch.empty(0, dtype=d)): d
@@ -56,188 +42,34 @@ _ENUM_CODES = {
 }
 
 
-def trace(model: torch.nn.Module, example_inputs: tuple, *, inference_func=None) -> Graph:
-    """Capture ``model(*example_inputs)`` as an IR graph by tracing."""
-    if not isinstance(model, torch.nn.Module):
-        raise CaptureError(f"capture by tracing takes an nn.Module, got {type(model).__name__}",
-                           hint="wrap the function in an nn.Module whose forward calls it")
-    adapter = TracingAdapter(model, example_inputs, inference_func)
-    prefix = next(name for name, child in adapter.named_children() if child is model)
-    with _ModuleTracker(model) as tracker, torch.no_grad(), warnings.catch_warnings():
-        # torch deprecates jit.trace in favour of export; the user cannot act on that here.
-        warnings.filterwarnings("ignore", r"`torch\.jit\.trace", DeprecationWarning)
-        try:
-            traced = torch.jit.trace(adapter, adapter.flattened_inputs, check_trace=False)
-        except DexportError:
-            raise
-        except Exception as exc:
-            raise _capture_error(exc, tracker.innermost()) from exc
-    jit_graph = traced.inlined_graph
-    # The adapter returns a tuple of tensors; lowering tuples makes them the graph's
-    # outputs and removes the model's own tuple packing and unpacking on the way.
-    torch._C._jit_pass_lower_all_tuples(jit_graph)
-    torch._C._jit_pass_dce(jit_graph)
-    graph = _Converter(adapter, prefix).convert(jit_graph)
-    graph.input_schema = adapter.inputs_schema
-    graph.output_schema = adapter.outputs_schema
-    arg_names = _positional_names(model) if inference_func is None else []
-    for value, name in zip(graph.inputs, _leaf_paths(adapter.inputs_schema, arg_names)):
-        value.name_hint = name
-    return graph
 
+class JitImporter:
+    """Converts one inlined TorchScript graph whose first input is ``root`` (the module
+    its ``prim::GetAttr`` chains start from) into an IR graph. ``prefix``: the name of
+    the user's model under ``root`` (dropped from scopes and parameter names);
+    ``source_of(stack_text)``: the source location to record for a node's Python stack
+    (the frontend knows which frames are the user's); ``example_shapes``: whether the
+    graph's int dims are only the example's (a trace) rather than proven."""
 
-# --------------------------------------------------------------------------- errors
-
-class _ModuleTracker:
-    """Knows which module of the model is running, so a failure can name it. The
-    hooks only record names; they never touch tensors, so the trace is unchanged."""
-
-    def __init__(self, model: torch.nn.Module):
-        self.model = model
-        self.stack: list[str] = []
-        self.handles: list = []
-
-    def __enter__(self) -> "_ModuleTracker":
-        for name, module in self.model.named_modules():
-            if isinstance(module, torch.jit.ScriptModule):
-                continue  # takes no hooks; the trace inlines its graph
-            self.handles.append(module.register_forward_pre_hook(self._enter_hook(name)))
-            self.handles.append(module.register_forward_hook(self._exit_hook))
-        return self
-
-    def _enter_hook(self, name: str):
-        def hook(module, args):
-            self.stack.append(name)
-        return hook
-
-    def _exit_hook(self, module, args, output):
-        self.stack.pop()  # returns None: a forward hook's return value would replace the output
-
-    def __exit__(self, *exc_info) -> None:
-        for handle in self.handles:
-            handle.remove()
-
-    def innermost(self) -> str | None:
-        return self.stack[-1] if self.stack else None
-
-
-def _capture_error(exc: Exception, scope: str | None) -> CaptureError:
-    frames = traceback.extract_tb(exc.__traceback__)
-    source = next((f"{relative_source_path(f.filename)}:{f.lineno}" for f in reversed(frames)
-                   if _is_user_file(f.filename)), None)
-    where = {None: "", "": " in the model's top level"}.get(scope, f" in module {scope!r}")
-    return CaptureError(
-        f"capture by tracing failed{where}: {type(exc).__name__}: {exc}",
-        scope=scope, source=source,
-        hint="run the model eagerly on the same example inputs to reproduce; fix the code at the "
-             "source line above, or capture with inputs the model accepts")
-
-
-# --------------------------------------------------------------------------- source locations
-
-def _is_user_file(path: str) -> bool:
-    path = os.path.abspath(path) if not path.startswith("<") else path
-    return not (path.startswith(_TORCH_DIR) or path.startswith(_DEXPORT_COMPILER_DIR)
-                or path.startswith(_DIALECTS_DIR))
-
-
-_relative_paths: dict[str, str] = {}
-
-
-def relative_source_path(path: str) -> str:
-    """``/any/checkout/models/backbone.py`` -> ``dexport/models/backbone.py``: the path
-    under which the file is imported, so sources do not depend on the machine."""
-    if path.startswith("<"):
-        return path
-    if path not in _relative_paths:
-        _relative_paths[path] = _import_path(os.path.abspath(path))
-    return _relative_paths[path]
-
-
-def _import_path(path: str) -> str:
-    # The module name says where a file sits in the import namespace even when the
-    # package directory is mapped (dexport.models lives in models/).
-    for name, module in list(sys.modules.items()):
-        file = getattr(module, "__file__", None)
-        # "__main__" (and aliases such as "__mp_main__") say nothing about the path.
-        if file and not name.startswith("__") and os.path.abspath(file) == path:
-            stem = name.replace(".", "/")
-            return stem + "/__init__.py" if os.path.basename(path) == "__init__.py" else stem + ".py"
-    roots = [os.path.abspath(p) + os.sep for p in sys.path if p]
-    root = max((r for r in roots if path.startswith(r)), key=len, default=None)
-    return path[len(root):].replace(os.sep, "/") if root else os.path.basename(path)
-
-
-_FRAME_LINE = re.compile(r"^(.*)\((\d+)\): .*$")
-
-
-def _user_source(stack_text: str, cache: dict[str, str]) -> str:
-    """The innermost user frame of a traced node's Python stack (innermost first)."""
-    if stack_text in cache:
-        return cache[stack_text]
-    source = ""
-    for line in stack_text.splitlines():
-        m = _FRAME_LINE.match(line)
-        if m and _is_user_file(m.group(1)):
-            source = f"{relative_source_path(m.group(1))}:{m.group(2)}"
-            break
-    cache[stack_text] = source
-    return source
-
-
-# --------------------------------------------------------------------------- input names
-
-def _positional_names(model: torch.nn.Module) -> list[str]:
-    try:
-        params = inspect.signature(model.forward).parameters.values()
-    except (TypeError, ValueError):
-        return []
-    return [p.name for p in params
-            if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
-
-
-def _leaf_paths(schema: Schema, arg_names: list[str]) -> list[str]:
-    """One dotted name per flat tensor: ``x``, ``inputs.0.image``."""
-    paths: list[str] = []
-
-    def walk(s: Schema, path: str) -> None:
-        if isinstance(s, TensorSchema):
-            paths.append(path)
-        elif isinstance(s, SequenceSchema):
-            for i, item in enumerate(s.items):
-                walk(item, f"{path}.{i}")
-        elif isinstance(s, (DictSchema, RecordSchema)):
-            keys = s.keys if isinstance(s, DictSchema) else s.fields
-            for key, value in zip(keys, s.values):
-                walk(value, f"{path}.{re.sub(r'[^A-Za-z0-9_]', '_', str(key))}")
-
-    # The top level is the tuple of positional arguments.
-    for i, item in enumerate(schema.items):
-        walk(item, arg_names[i] if i < len(arg_names) else f"inputs.{i}")
-    return paths
-
-
-# --------------------------------------------------------------------------- conversion
-
-class _Converter:
-    def __init__(self, adapter: TracingAdapter, prefix: str):
-        self.adapter = adapter
+    def __init__(self, root: torch.nn.Module, prefix: str, source_of: Callable[[str], str], *,
+                 example_shapes: bool = True):
+        self.root = root
         self.prefix = prefix
+        self.source_of = source_of
         self.graph = Graph()
-        self.graph.example_shapes = True  # the trace saw one input's sizes, nothing more
+        self.graph.example_shapes = example_shapes
         self.values: dict[int, Value] = {}          # JIT value unique() -> IR value
         self.objects: dict[int, tuple[Any, str]] = {}  # JIT module value -> (object, path)
         self.params_by_tensor: dict[int, Value] = {}
         self.first_body_node: Node | None = None    # Param nodes go before it
         self.num_consts = 0
-        self.source_cache: dict[str, str] = {}
         self.schemas: dict[str, Any] = {}
         self.owned_ops = set(registered_ops())  # structural ops keep their plain names
 
     def convert(self, jit_graph) -> Graph:
         g = self.graph
         jit_inputs = list(jit_graph.inputs())
-        self.objects[jit_inputs[0].unique()] = (self.adapter, "")
+        self.objects[jit_inputs[0].unique()] = (self.root, "")
         for v in jit_inputs[1:]:
             self.values[v.unique()] = g.add_input(ir_type_from_jit(v.type()))
         self._convert_block(jit_graph.block(), g.block)
@@ -256,7 +88,7 @@ class _Converter:
         block.set_returns([self.values[v.unique()] for v in jit_block.outputs()])
 
     def _meta(self, node) -> Meta:
-        return Meta(self._scope(node.scopeName()), _user_source(node.sourceRange(), self.source_cache))
+        return Meta(self._scope(node.scopeName()), self.source_of(node.sourceRange()))
 
     def _scope(self, scope_name: str) -> str:
         # "__module.model.layer1/__module.model.layer1.0" -> "layer1.0"
@@ -344,14 +176,14 @@ class _Converter:
         if kind == "prim::PythonOp":
             raise CaptureError(f"the model calls the Python function {node.pyname()}, which a trace "
                                "records as an opaque call", op=kind, scope=self._scope(node.scopeName()),
-                               source=_user_source(node.sourceRange(), self.source_cache),
+                               source=self.source_of(node.sourceRange()),
                                hint="write it with torch ops, or register it as a custom op "
                                     "(torch.library.custom_op) so it becomes one graph node")
         if node.attributeNames():
             raise CaptureError(f"the trace holds {kind} with attributes {node.attributeNames()}, "
                                "which dexport does not convert", op=kind,
                                scope=self._scope(node.scopeName()),
-                               source=_user_source(node.sourceRange(), self.source_cache),
+                               source=self.source_of(node.sourceRange()),
                                hint="please report this op with the model that produced it")
         schema = self._schema(node)
         op = kind
@@ -381,3 +213,6 @@ class _Converter:
                 context="\n".join(lines),
                 hint="replace them in the model with ATen ops, or register them "
                      "(torch.library for kernels, dexport.ir.ops.register_op for dexport-owned ops)")
+
+
+__all__ = ["SMALL_CONSTANT_NUMEL", "JitImporter"]
