@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 import torch
 
-from dexport.artifacts import finish_manifest, staging_directory
+from dexport.artifacts import check_output, finish_manifest, staging_directory
 from dexport.capture import capture
 from dexport.dump import dump_ir as write_ir_dump
 from dexport.ir.errors import DexportError
@@ -170,6 +170,7 @@ def export(model: torch.nn.Module, example_inputs: tuple, output: str | os.PathL
 
     if format not in FORMATS:
         raise DexportError(f"format {format!r} is not available", hint=f"use one of {list(FORMATS)}")
+    check_output(output, overwrite=overwrite, dump_dir=dump_ir)  # before any work, and checked again at the end
     step = progress.step if progress is not None else (lambda text: nullcontext())
     kind = io_kind_of(model)
     graph, pipeline = build_graph(model, example_inputs, method=method, batch=batch, pipeline=pipeline,

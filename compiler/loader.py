@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dexport.artifacts import check_files, read_manifest
+from dexport.artifacts import artifact_file, check_files, read_manifest
 from dexport.ir.errors import DexportError
 from dexport.ir.schema import schema_from_json
 
@@ -97,5 +97,5 @@ def load(directory: str | os.PathLike, *, threads: int | None = None) -> LoadedM
     if manifest.get("format") != "onnx":
         raise DexportError(f"{directory}: format {manifest.get('format')!r} cannot be loaded by this dexport",
                            hint="upgrade dexport, or re-export with --format onnx")
-    model_bytes = (Path(directory) / manifest["model_file"]).read_bytes()
+    model_bytes = artifact_file(directory, manifest).read_bytes()
     return LoadedModel(model_bytes, manifest, threads=threads)
