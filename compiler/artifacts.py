@@ -400,17 +400,23 @@ def check_report_path(path: str | os.PathLike, flag: str, reading=()) -> Path:
     if not path.parent.is_dir():
         raise DexportError(f"{flag} {path}: the folder {path.parent} does not exist",
                            hint=f"create it first (mkdir -p {path.parent}), or choose another {flag}")
-    resolved = path.resolve()
-    artifacts = [Path(a).resolve() for a in reading]
-    artifacts += [p for p in resolved.parents if (p / MANIFEST).is_file() and _is_manifest(p)]
-    for artifact in artifacts:
-        if _inside(resolved, artifact):
-            raise DexportError(f"{flag} {path} is inside the artifact {artifact}, which dexport never writes",
-                               hint=f"write the report outside the artifact directory, e.g. {flag} "
-                                    f"{artifact.parent / path.name}")
+    refuse_inside_artifacts(path, flag, reading)
     if not os.access(path.parent, os.W_OK | os.X_OK):
         raise DexportError(f"{flag} {path}: {path.parent} is not writable", hint=f"choose another {flag}")
     return path
+
+
+def refuse_inside_artifacts(path: str | os.PathLike, flag: str, reading=()) -> None:
+    """Refuse a path (a report, a dump folder) inside an artifact being read, or inside
+    any dexport artifact: writing there would change what its manifest vouches for."""
+    resolved = _absolute(path, flag).resolve()
+    artifacts = [Path(a).resolve() for a in reading]
+    artifacts += [p for p in (resolved, *resolved.parents) if (p / MANIFEST).is_file() and _is_manifest(p)]
+    for artifact in artifacts:
+        if _inside(resolved, artifact):
+            raise DexportError(f"{flag} {path} is inside the artifact {artifact}, which dexport never writes",
+                               hint=f"write it outside the artifact directory, e.g. {flag} "
+                                    f"{artifact.parent / Path(path).name}")
 
 
 def write_report(path: str | os.PathLike, text: str) -> None:

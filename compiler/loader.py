@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from dexport.artifacts import artifact_file, check_files, read_manifest
+from dexport.inputs import detection_inputs, structured_inputs
 from dexport.ir.errors import DexportError
 from dexport.ir.schema import schema_from_json
 
@@ -50,11 +51,12 @@ class LoadedModel:
     def __call__(self, *inputs) -> Any:
         if self.io == "detection":
             return self._call_detection(*inputs)
-        flat = self.input_schema.flatten(inputs)
+        flat = structured_inputs(self.input_schema, inputs, self.session.get_inputs())
         return self.output_schema.rebuild(self.run_flat(flat))
 
     def _call_detection(self, batched_inputs: list[dict]) -> list[dict]:
         from dexport.models.batched import stack_inputs
+        batched_inputs = detection_inputs(batched_inputs)
         images, image_sizes, output_sizes, sizes = stack_inputs(batched_inputs, "cpu")
         outputs = self.output_schema.rebuild(self.run_flat([images, image_sizes, output_sizes]))
         return detection_results(outputs, sizes.outputs)
