@@ -17,7 +17,7 @@ from dexport.ir.errors import DexportError
 # Exit codes (README, "What dexport guarantees").
 EXIT_OK = 0          # done (exported and verified / matched)
 EXIT_MISMATCH = 1    # done, but the artifact does not match eager (or --check found ops without a lowering)
-EXIT_USER_ERROR = 2  # a DexportError: bad arguments, paths, models or artifacts; nothing was written
+EXIT_USER_ERROR = 2  # a DexportError (bad arguments, paths, models, inputs, artifacts) or a refused write
 EXIT_INTERNAL = 3    # an unexpected exception: a bug in dexport, reported as one
 EXIT_INTERRUPTED = 130
 
