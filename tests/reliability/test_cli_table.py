@@ -11,13 +11,6 @@ F = "tests.reliability.factories"
 TINY = ["--model", "zoo:mask_rcnn_tiny"]
 
 
-@pytest.fixture(scope="module")
-def structured_artifact(tmp_path_factory):
-    out = tmp_path_factory.mktemp("structured") / "conv"
-    assert main(["export", "--model", f"{F}:structured", "--output", str(out)]) == 0
-    return out
-
-
 @pytest.fixture
 def places(tmp_path, mask_rcnn_artifact):
     """Paths a row may name: a copy of the shared artifact (rows try to write into it),

@@ -111,3 +111,33 @@ def test_the_table_covers_what_eager_refuses(eager):
         if kind != EAGER and name not in accidents:
             with pytest.raises(Exception), torch.no_grad():
                 eager(inputs())
+
+
+X = torch.randn(1, 3, 16, 16)
+STRUCTURED_ROWS = [
+    ("the capture's input", lambda: (X,), same()),
+    ("other height and width", lambda: (torch.randn(2, 3, 20, 24),), same()),
+    ("float64", lambda: (X.double(),), error(r"dtype torch.float64, the exported graph takes torch.float32")),
+    ("int64", lambda: (X.long(),), error(r"dtype torch.int64(.|\n)*x.to\(torch.float32\)")),
+    ("rank 3", lambda: (X[0],), error(r"shape \(3, 16, 16\), the exported graph takes \['\?', '\?', '\?', '\?'\]")),
+    ("a list around it", lambda: ([X],), error(r"inputs\[0\]: expected a tensor, got list(.|\n)*same structure")),
+    ("no argument", lambda: (), error(r"expected a tuple of 1 items, got 0")),
+    ("two arguments", lambda: (X, X), error(r"expected a tuple of 1 items, got 2")),
+    ("a numpy array", lambda: (X.numpy(),), error(r"expected a tensor, got ndarray")),
+]
+
+
+@pytest.mark.parametrize("name, inputs, expected", STRUCTURED_ROWS, ids=[r[0] for r in STRUCTURED_ROWS])
+def test_structured_input_table(structured_artifact, name, inputs, expected):
+    from tests.reliability.factories import structured
+    model = structured()[0]
+    loaded = dexport.load(structured_artifact)
+    kind, detail = expected
+    if kind == EAGER:
+        args = inputs()
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(*args), model(*args), rtol=1e-4, atol=1e-4)
+    else:
+        with pytest.raises(DexportError, match=detail) as err:
+            loaded(*inputs())
+        assert "what to do:" in str(err.value)
