@@ -749,6 +749,13 @@ class OnnxBackend(Backend):
                         [TensorIO(i.name, _declared_dims(i)) for i in proto.graph.input],
                         [TensorIO(o.name, _declared_dims(o)) for o in proto.graph.output])
 
+    def resolve_options(self, given) -> dict:
+        options = super().resolve_options(given)
+        if not (isinstance(options["opset"], int) and MIN_OPSET <= options["opset"] <= MAX_OPSET):
+            raise DexportError(f"opset {options['opset']!r} is not supported",
+                               hint=f"pass an opset in {MIN_OPSET}..{MAX_OPSET} (--opset)")
+        return options
+
     # The manifest keeps its documented top-level keys for these two options.
     def manifest_fields(self, options) -> dict:
         return {"opset": options["opset"], "simplified": bool(options["simplify"])}

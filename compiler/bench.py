@@ -79,6 +79,7 @@ def bench(model: torch.nn.Module, *, name: str, artifacts=(), size: int = 512, b
     """Time ``model`` eager and each artifact directory in ``artifacts`` (none given:
     ``dexport export`` it into a temporary directory first) on ``batch`` synthetic images
     of ``size``×``size``. Returns the results as a JSON-ready dict (see module doc)."""
+    from dexport.artifacts import artifact_file, read_manifest
     from dexport.cli import sample_images
     from dexport.driver import export, io_kind_of
     from dexport.loader import detection_results, file_reader, load
@@ -88,6 +89,10 @@ def bench(model: torch.nn.Module, *, name: str, artifacts=(), size: int = 512, b
     if io_kind_of(model) != "detection":
         raise DexportError(f"{name} has no forward_batched: dexport bench times zoo-style detectors",
                            hint="use a zoo:NAME model or a factory returning a detector")
+    for directory in artifacts:  # before any timing: a structured artifact takes no images
+        if read_manifest(directory)["io"] != "detection":
+            raise DexportError(f"{directory} is not a detector artifact: dexport bench times detectors on images",
+                               hint="time it with your own inputs: dexport.load(DIR)(*inputs)")
     step = progress.step if progress is not None else (lambda text: nullcontext())
     model.eval()
     torch.set_num_threads(threads)
@@ -123,7 +128,7 @@ def bench(model: torch.nn.Module, *, name: str, artifacts=(), size: int = 512, b
             outputs = loaded.output_schema.rebuild(loaded.run_flat(flat))
             report = compare_outputs(expected, detection_results(outputs, sizes.outputs))
             label = f"{backend.runtime} {directory.name}" + (" (simplified)" if loaded.manifest.get("simplified") else "")
-            read = file_reader(directory)
+            read = file_reader(directory, loaded.manifest)
             model_bytes = read(loaded.manifest["model_file"])
             extra = {"artifact": str(directory) if artifacts else "(exported by bench)", "format": backend.name,
                      **backend.describe(read, loaded.manifest), "file_mb": len(model_bytes) / 1e6,
@@ -186,12 +191,13 @@ def _load(values) -> str:
 
 
 def write_results(result: dict, json_path=None, md_path=None) -> None:
-    if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(result, indent=2) + "\n")
-    if md_path:
-        Path(md_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(md_path).write_text(to_markdown(result))
+    """Write the JSON and markdown reports whole; their folders must exist and lie outside
+    every artifact (``dexport.artifacts.check_report_path``, checked before timing)."""
+    from dexport.artifacts import check_report_path, write_report
+    for path, flag, text in ((json_path, "--json", lambda: json.dumps(result, indent=2) + "\n"),
+                             (md_path, "--md", lambda: to_markdown(result))):
+        if path:
+            write_report(check_report_path(path, flag), text())
 
 
 __all__ = ["BASELINE", "backbone_floor", "bench", "latency", "machine_info", "to_markdown", "write_results"]

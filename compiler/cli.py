@@ -3,14 +3,24 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import time
+import traceback
 from contextlib import contextmanager
 from pathlib import Path
 
+from dexport.artifacts import check_output, check_report_path, read_manifest, refuse_inside_artifacts, write_report
 from dexport.backends.base import DEFAULT_BACKEND, backend_names, backends, get_backend, load_backends
 from dexport.frontends.base import frontend_names
 from dexport.ir.errors import DexportError
+
+# Exit codes (README, "What dexport guarantees").
+EXIT_OK = 0          # done (exported and verified / matched)
+EXIT_MISMATCH = 1    # done, but the artifact does not match eager (or --check found ops without a lowering)
+EXIT_USER_ERROR = 2  # a DexportError (bad arguments, paths, models, inputs, artifacts) or a refused write
+EXIT_INTERNAL = 3    # an unexpected exception: a bug in dexport, reported as one
+EXIT_INTERRUPTED = 130
 
 
 class Progress:
@@ -46,7 +56,45 @@ def load_model(spec: str, weights: str | None = "default"):
     except (ImportError, AttributeError) as e:
         raise DexportError(f"cannot load {spec!r}: {e}", hint="check that the module is importable "
                            "from the current directory and defines the factory") from None
-    return factory()
+    if not callable(factory):
+        raise DexportError(f"factory {spec} is a {type(factory).__name__}, not a callable", hint=FACTORY_CONTRACT)
+    try:
+        made = factory()
+    except DexportError:
+        raise
+    except Exception as e:  # the user's code: its failure is theirs to fix, with its message
+        where = traceback.extract_tb(e.__traceback__)[-1]
+        raise DexportError(f"factory {spec} raised {type(e).__name__}: {e}", source=f"{where.filename}:{where.lineno}",
+                           hint=f"fix the factory; {FACTORY_CONTRACT}") from None
+    return check_factory_result(spec, made)
+
+
+FACTORY_CONTRACT = ("a factory takes no arguments and returns a torch.nn.Module that takes the zoo's inputs, or "
+                    "(model, example_inputs) or (model, example_inputs, [check_inputs, ...]), where example_inputs "
+                    "and each check input are tuples of the model's positional arguments")
+
+
+def check_factory_result(spec: str, made):
+    """``made`` if it is what a factory may return, else a DexportError saying what is wrong."""
+    import torch
+
+    def refuse(what: str):
+        return DexportError(f"factory {spec} returned {what}", hint=FACTORY_CONTRACT)
+
+    if isinstance(made, torch.nn.Module):
+        return made
+    if not isinstance(made, tuple):
+        raise refuse(f"a {type(made).__name__}, not a torch.nn.Module or a tuple")
+    if len(made) not in (2, 3):
+        raise refuse(f"a tuple of {len(made)} items, not (model, example_inputs[, check_inputs])")
+    if not isinstance(made[0], torch.nn.Module):
+        raise refuse(f"a tuple whose first item is a {type(made[0]).__name__}, not a torch.nn.Module")
+    if not isinstance(made[1], tuple):
+        raise refuse(f"example_inputs of type {type(made[1]).__name__}, not a tuple of positional arguments "
+                     "(wrap a single argument: (x,))")
+    if len(made) == 3 and not (isinstance(made[2], (list, tuple)) and all(isinstance(c, tuple) for c in made[2])):
+        raise refuse("check_inputs that are not a list of tuples of positional arguments")
+    return made
 
 
 def sample_images(count: int, size: int, seed: int):
@@ -188,8 +236,6 @@ def _eval_source(args, spec: str | None):
         if not (args.coco_json and args.image_dir):
             raise DexportError("--coco-json and --image-dir go together", hint="pass both, or neither for shapes val")
         return CocoFolder(args.coco_json, args.image_dir), f"{args.coco_json}"
-    if args.eval_images <= 0:
-        raise DexportError(f"--eval-images {args.eval_images}: expected a positive number")
     kwargs = dict(num_images=args.eval_images, seed=0, image_size=args.eval_size)
     if spec and spec.startswith("zoo:"):
         data = zoo.dataset_for_model(spec[4:], "val", **kwargs)
@@ -227,8 +273,6 @@ def _verify_inputs(args, manifest, made):
                            hint="let the factory return (model, example_inputs, [check_inputs, ...])")
     from dexport import zoo
     sizes, batches = _parse_ints(args.sizes, "--sizes", "96,160"), _parse_ints(args.batch, "--batch", "1,2,3")
-    if args.images <= 0:
-        raise DexportError(f"--images {args.images}: expected a positive number")
     inputs = []
     for k, size in enumerate(sizes):
         data = zoo.shapes_dataset("val", num_images=args.images, seed=1000 + k, image_size=size)
@@ -259,7 +303,7 @@ def cmd_verify(args) -> int:
     with progress.step(f"running eager and exported on {len(inputs)} held-out input(s)"):
         report = verify(model, loaded, inputs, tolerances=_tolerances(args))
     if args.json:
-        Path(args.json).write_text(report.to_json(), encoding="utf-8")
+        write_report(args.json, report.to_json())
     print(report.format_table())
     ok = report.ok
     if args.bisect:
@@ -355,7 +399,10 @@ def cmd_bench(args) -> int:
                    runs=args.runs, warmup=args.warmup, threads=args.threads, progress=progress)
     write_results(result, args.json, args.md)
     print(to_markdown(result))
-    return 0
+    mismatched = [e["name"] for e in result["entries"] if e.get("parity_ok") is False]
+    for name in mismatched:
+        print(f"{name}: detections differ from eager (MISMATCH)", file=sys.stderr)
+    return EXIT_MISMATCH if mismatched else EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -445,18 +492,107 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Integer flags that must be positive, with an example value for the hint.
+_POSITIVE = {"size": 128, "images": 6, "capture_size": 128, "eval_images": 200, "eval_size": 128, "runs": 10,
+             "threads": 2}
+_MAX_TOLERANCES = ("box_tol", "score_tol", "keypoint_tol", "atol", "ap_tol")  # a max error: >= 0
+_MIN_FRACTIONS = ("mask_iou", "sem_seg_agreement")  # a min agreement: 0..1
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_args(args) -> None:
+    """Every argument and path checked before any work (loading a model, capturing,
+    exporting): a DexportError saying what is wrong and what to pass instead."""
+    for name, example in _POSITIVE.items():
+        value = getattr(args, name, None)
+        if value is not None and value <= 0:
+            raise DexportError(f"{_flag(name)} {value}: expected a positive integer",
+                               hint=f"e.g. {_flag(name)} {example}")
+    if getattr(args, "warmup", 0) < 0:
+        raise DexportError(f"--warmup {args.warmup}: expected 0 or more untimed runs", hint="e.g. --warmup 2")
+    for name in _MAX_TOLERANCES:
+        value = getattr(args, name, None)
+        if value is not None and not value >= 0:  # also NaN, which would switch the check off
+            raise DexportError(f"{_flag(name)} {value}: a tolerance is a number >= 0",
+                               hint="pass the largest error to accept (inf switches the check off)")
+    for name in _MIN_FRACTIONS:
+        value = getattr(args, name, None)
+        if value is not None and not 0 <= value <= 1:
+            raise DexportError(f"{_flag(name)} {value}: expected a fraction between 0 and 1",
+                               hint=f"e.g. {_flag(name)} 0.99 (0 switches the check off)")
+    if bool(getattr(args, "coco_json", None)) != bool(getattr(args, "image_dir", None)):
+        raise DexportError("--coco-json and --image-dir go together", hint="pass both, or neither for shapes val")
+    check = {"export": _check_export_args, "verify": _check_verify_args, "bench": _check_bench_args,
+             "dump": _check_dump_args}.get(args.command)
+    if check:
+        check(args)
+
+
+def _check_export_args(args) -> None:
+    if args.batch != "dynamic" and not (args.batch.isdigit() and int(args.batch) > 0):
+        raise DexportError(f"--batch {args.batch!r}: expected 'dynamic' or a positive number",
+                           hint="e.g. --batch dynamic (one artifact for any batch size) or --batch 2")
+    backend = get_backend(args.format)
+    backend.resolve_options(_backend_options(args, backend))  # e.g. an opset the backend lacks
+    if args.check:
+        return
+    if not args.output:
+        raise DexportError("export: --output is required (or pass --check)", hint="e.g. --output out/model")
+    check_output(args.output, overwrite=args.overwrite, dump_dir=args.dump_ir)
+    if args.dump_ir:
+        refuse_inside_artifacts(args.dump_ir, "--dump-ir")
+
+
+def _check_verify_args(args) -> None:
+    _parse_ints(args.sizes, "--sizes", "96,160")
+    _parse_ints(args.batch, "--batch", "1,2,3")
+    read_manifest(args.artifact)
+    if args.json:
+        check_report_path(args.json, "--json", reading=[args.artifact])
+
+
+def _check_bench_args(args) -> None:
+    if args.batch <= 0:
+        raise DexportError(f"--batch {args.batch}: expected a positive integer", hint="e.g. --batch 1")
+    for directory in args.artifact or ():
+        if read_manifest(directory)["io"] != "detection":
+            raise DexportError(f"--artifact {directory} is not a detector artifact (io "
+                               f"{read_manifest(directory)['io']!r}): dexport bench times detectors on images",
+                               hint="time it with your own inputs: dexport.load(DIR)(*inputs)")
+    for flag, path in (("--json", args.json), ("--md", args.md)):
+        if path:
+            check_report_path(path, flag, reading=args.artifact or ())
+
+
+def _check_dump_args(args) -> None:
+    refuse_inside_artifacts(args.output, "--output")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command == "export" and not args.check and not args.output:
-        parser.error("export: --output is required (or pass --check)")
-    if args.command == "export" and args.batch != "dynamic" and not args.batch.isdigit():
-        parser.error("export: --batch takes 'dynamic' or a positive number")
+    args = build_parser().parse_args(argv)
     try:
+        check_args(args)
         return args.func(args)
     except DexportError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
+    except OSError as e:  # the file system refused (permissions, free space): nothing a bug report fixes
+        print(f"error: {e}\n  what to do: check the paths, their permissions and the free space", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted; nothing was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:
+        where = traceback.extract_tb(e.__traceback__)[-1]
+        print(f"internal error: {type(e).__name__}: {e}\n  at: {where.filename}:{where.lineno}\n"
+              "  this is a bug in dexport, not a verdict on the model: please report it with the command line "
+              "(DEXPORT_TRACEBACK=1 prints the full traceback)", file=sys.stderr)
+        if os.environ.get("DEXPORT_TRACEBACK"):
+            traceback.print_exc()
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

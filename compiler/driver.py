@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import torch
 
-from dexport.artifacts import finish_manifest, staging_directory
+from dexport.artifacts import check_output, finish_manifest, staging_directory
 from dexport.backends.base import DEFAULT_BACKEND, Backend, dist_version, get_backend, load_backends
 from dexport.capture import capture
 from dexport.dump import dump_ir as write_ir_dump
@@ -170,6 +170,7 @@ def export(model: torch.nn.Module, example_inputs: tuple, output: str | os.PathL
 
     backend = get_backend(format)
     options = backend.resolve_options(options)
+    check_output(output, overwrite=overwrite, dump_dir=dump_ir)  # before any work, and checked again at the end
     step = progress.step if progress is not None else (lambda text: nullcontext())
     kind = io_kind_of(model)
     graph, pipeline = build_graph(model, example_inputs, method=method, batch=batch,

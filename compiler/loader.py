@@ -16,8 +16,9 @@ from typing import Any
 
 import torch
 
-from dexport.artifacts import check_files, read_manifest
+from dexport.artifacts import artifact_file, check_files, read_manifest
 from dexport.backends.base import FileReader, Runner
+from dexport.inputs import detection_inputs, structured_inputs
 from dexport.ir.errors import DexportError
 from dexport.ir.schema import schema_from_json
 
@@ -44,11 +45,12 @@ class LoadedModel:
     def __call__(self, *inputs) -> Any:
         if self.io == "detection":
             return self._call_detection(*inputs)
-        flat = self.input_schema.flatten(inputs)
+        flat = structured_inputs(self.input_schema, inputs, self.session.get_inputs())
         return self.output_schema.rebuild(self.run_flat(flat))
 
     def _call_detection(self, batched_inputs: list[dict]) -> list[dict]:
         from dexport.ir.dialects.detection_io import stack_inputs
+        batched_inputs = detection_inputs(batched_inputs)
         images, image_sizes, output_sizes, sizes = stack_inputs(batched_inputs, "cpu")
         outputs = self.output_schema.rebuild(self.run_flat([images, image_sizes, output_sizes]))
         return detection_results(outputs, sizes.outputs)
@@ -95,11 +97,12 @@ def load(directory: str | os.PathLike, *, threads: int | None = None) -> LoadedM
     manifest = read_manifest(directory)
     check_files(directory, manifest)
     _backend(manifest)  # an unknown format is refused before any file is read
-    return load_files(file_reader(directory), manifest, threads=threads)
+    return load_files(file_reader(directory, manifest), manifest, threads=threads)
 
 
-def file_reader(directory: str | os.PathLike) -> FileReader:
-    """Reads an artifact directory's files by their artifact-relative names."""
+def file_reader(directory: str | os.PathLike, manifest: dict) -> FileReader:
+    """Reads an artifact's files by their artifact-relative names: only files the
+    manifest lists (and so digested), and only inside the artifact."""
     def read(name: str) -> bytes:
-        return (Path(directory) / name).read_bytes()
+        return artifact_file(directory, manifest, name=name).read_bytes()
     return read

@@ -390,16 +390,13 @@ class CocoFolder:
                              "width": entry.get("width", image.shape[2])}
 
     def image(self, i: int) -> torch.Tensor:
-        import numpy as np
+        from dexport.inputs import read_image_file
         name = Path(self.images[i]["file_name"])
         candidates = [self.image_dir / f"{name}.npy", self.image_dir / name.with_suffix(".npy"),
                       self.image_dir / f"{name}.pt", self.image_dir / name.with_suffix(".pt")]
         for path in candidates:
             if path.is_file():
-                x = torch.from_numpy(np.load(path)) if path.suffix == ".npy" else torch.load(path)
-                if x.dim() != 3 or x.shape[0] != 3:
-                    raise DexportError(f"{path}: expected a [3, H, W] image, got shape {tuple(x.shape)}")
-                return x.float()
+                return read_image_file(path)
         raise DexportError(f"no image for {name} in {self.image_dir}",
                            hint="store each image as <file_name>.npy or .pt, [3, H, W] in the model's channel order")
 

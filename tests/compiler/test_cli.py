@@ -27,3 +27,14 @@ def test_unknown_model_is_a_clear_error(tmp_path, capsys):
     assert "unknown zoo model 'nope'" in err and "dexport zoo" in err
     assert main(["dump", "--model", "no_colon_here", "--output", str(tmp_path)]) == 2
     assert "neither zoo:NAME nor package.module:factory" in capsys.readouterr().err
+
+
+def test_export_overwrites_its_own_artifact_and_dumps_beside_it(tmp_path, capsys):
+    out, dumps = tmp_path / "art", tmp_path / "ir"
+    argv = ["export", "--model", "tests.reliability.factories:structured", "--output", str(out)]
+    assert main(argv) == 0
+    assert main(argv) == 2 and "already exists" in capsys.readouterr().err
+    assert main([*argv, "--overwrite", "--dump-ir", str(dumps)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.onnx"]
+    assert (dumps / "graph.ir").is_file() and any((dumps / "passes").iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art", "ir"]  # no staging or .old leftovers

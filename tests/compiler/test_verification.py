@@ -154,7 +154,7 @@ def test_cli_verify_passes_and_fails_with_exit_codes(mask_rcnn_artifact, tmp_pat
     assert "3/3 images match eager" in out and "mask IoU" in out
     doc = json.loads(report.read_text())
     assert doc["ok"] and [r["input"] for r in doc["rows"]] == [0, 1, 1]
-    assert main(args + ["--mask-iou", "1.01"]) == 1  # no IoU reaches it
+    assert main(args + ["--score-tol", "1e-12"]) == 1  # float noise exceeds it (1.01 is now refused)
     assert "FAIL" in capsys.readouterr().out
     assert main(args + ["--sizes", "80,x"]) == 2
     assert "--sizes" in capsys.readouterr().err
