@@ -148,12 +148,15 @@ def missing_ops(graph: Graph, supports: Callable[[str], bool]) -> list[MissingOp
 @dataclass(frozen=True)
 class TensorIO:
     """One graph input or output as the emitted model declares it: its name and dims
-    (an int where static, a symbol such as ``N`` where not)."""
+    (an int where static, a symbol such as ``N`` where not) and, where the backend
+    declares it, its torch dtype name (``float32``), which the loader checks inputs against."""
     name: str
     shape: list
+    dtype: str | None = None
 
     def to_json(self) -> dict:
-        return {"name": self.name, "shape": list(self.shape)}
+        return {"name": self.name, "shape": list(self.shape),
+                **({"dtype": self.dtype} if self.dtype else {})}
 
 
 @dataclass

@@ -746,8 +746,7 @@ class OnnxBackend(Backend):
         if options["simplify"]:
             proto = simplify(proto)
         return Emission({self.model_file: proto.SerializeToString()}, self.model_file,
-                        [TensorIO(i.name, _declared_dims(i)) for i in proto.graph.input],
-                        [TensorIO(o.name, _declared_dims(o)) for o in proto.graph.output])
+                        [_declared(i) for i in proto.graph.input], [_declared(o) for o in proto.graph.output])
 
     def resolve_options(self, given) -> dict:
         options = super().resolve_options(given)
@@ -785,9 +784,14 @@ class OnnxBackend(Backend):
         return Intermediates({v: names[v] for v in exposed}, dict(zip(exposed, values)))
 
 
-def _declared_dims(value_info) -> list:
-    return [d.dim_param if d.dim_param else d.dim_value
-            for d in value_info.type.tensor_type.shape.dim]
+def _declared(value_info) -> TensorIO:
+    tensor = value_info.type.tensor_type
+    dtype = _ONNX_TO_TORCH.get(tensor.elem_type)
+    return TensorIO(value_info.name, [d.dim_param if d.dim_param else d.dim_value for d in tensor.shape.dim],
+                    str(dtype).removeprefix("torch.") if dtype is not None else None)
+
+
+_ONNX_TO_TORCH = {code: dtype for dtype, code in TORCH_TO_ONNX.items()}
 
 
 ONNX = register_backend(OnnxBackend())

@@ -111,27 +111,22 @@ def read_image_file(path) -> torch.Tensor:
     return x.float()
 
 
-def structured_inputs(schema, inputs: tuple, graph_inputs: Sequence) -> list[torch.Tensor]:
+def structured_inputs(schema, inputs: tuple, declared: Sequence[dict]) -> list[torch.Tensor]:
     """The flat tensors of a structured artifact's call, checked against the graph's
-    declared inputs (``graph_inputs``: onnxruntime's ``NodeArg`` list: ``name``,
-    ``type`` like ``tensor(float)``, ``shape`` with ints for fixed dims)."""
+    declared inputs (the manifest's ``inputs``: ``name``, ``shape`` with ints for fixed
+    dims, and ``dtype`` where the backend declares it)."""
     flat = schema.flatten(inputs)  # raises SchemaError (a DexportError) on a wrong structure
-    for x, declared in zip(flat, graph_inputs):
-        dtype = _ONNX_DTYPES.get(declared.type)
-        if dtype is not None and x.dtype != dtype:
-            raise DexportError(f"input {declared.name!r}: dtype {x.dtype}, the exported graph takes {dtype}",
+    for x, decl in zip(flat, declared):
+        name, dims = decl.get("name"), list(decl.get("shape", ()))
+        dtype = getattr(torch, decl["dtype"], None) if decl.get("dtype") else None
+        if isinstance(dtype, torch.dtype) and x.dtype != dtype:
+            raise DexportError(f"input {name!r}: dtype {x.dtype}, the exported graph takes {dtype}",
                                hint=f"pass x.to({dtype}) as at capture")
-        dims = list(declared.shape)
         if x.dim() != len(dims) or any(isinstance(d, int) and d != n for d, n in zip(dims, x.shape)):
-            raise DexportError(f"input {declared.name!r}: shape {tuple(x.shape)}, the exported graph takes "
+            raise DexportError(f"input {name!r}: shape {tuple(x.shape)}, the exported graph takes "
                                f"{[d if isinstance(d, int) else '?' for d in dims]}",
                                hint="dims shown as ? may differ from the capture's; the others may not")
     return flat
 
-
-_ONNX_DTYPES = {"tensor(float)": torch.float32, "tensor(double)": torch.float64, "tensor(float16)": torch.float16,
-                "tensor(bfloat16)": torch.bfloat16, "tensor(int64)": torch.int64, "tensor(int32)": torch.int32,
-                "tensor(int16)": torch.int16, "tensor(int8)": torch.int8, "tensor(uint8)": torch.uint8,
-                "tensor(bool)": torch.bool}
 
 __all__ = ["EXPECTED", "detection_inputs", "read_image_file", "structured_inputs"]

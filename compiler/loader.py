@@ -45,7 +45,7 @@ class LoadedModel:
     def __call__(self, *inputs) -> Any:
         if self.io == "detection":
             return self._call_detection(*inputs)
-        flat = structured_inputs(self.input_schema, inputs, self.session.get_inputs())
+        flat = structured_inputs(self.input_schema, inputs, self.manifest["inputs"])
         return self.output_schema.rebuild(self.run_flat(flat))
 
     def _call_detection(self, batched_inputs: list[dict]) -> list[dict]:
