@@ -8,6 +8,7 @@ import torch
 import dexport.records  # noqa: F401  (the zoo's Instances/Boxes/ImageList flatten through schemas)
 from dexport.ir.errors import CaptureError
 from dexport.ir.graph import Graph
+from dexport.value_dependence import probe_content
 
 
 def _trace(model, example_inputs, inference_func):
@@ -40,4 +41,6 @@ def capture(model: torch.nn.Module, example_inputs: Any, method: str = "tracing"
     if probe_inputs is not None:
         from dexport.probes import capture_with_probes
         return capture_with_probes(frontend, model, example_inputs, probe_inputs, inference_func)
-    return frontend(model, example_inputs, inference_func)
+    graph = frontend(model, example_inputs, inference_func)
+    probe_content(frontend, model, [example_inputs], [graph], inference_func)
+    return graph

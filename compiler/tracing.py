@@ -33,6 +33,7 @@ from dexport.ir.errors import CaptureError, DexportError
 from dexport.ir.graph import CONSTANT, PARAM, Block, Graph, Meta, Node, Value
 from dexport.ir.ops import has_op, ir_type_from_jit, registered_ops, type_of_constant
 from dexport.ir.schema import DictSchema, RecordSchema, Schema, SequenceSchema, TensorSchema
+from dexport.value_dependence import ConversionWatch
 
 # Tensor constants up to this many elements stay attributes; larger ones become params.
 SMALL_CONSTANT_NUMEL = 8
@@ -63,7 +64,8 @@ def trace(model: torch.nn.Module, example_inputs: tuple, *, inference_func=None)
                            hint="wrap the function in an nn.Module whose forward calls it")
     adapter = TracingAdapter(model, example_inputs, inference_func)
     prefix = next(name for name, child in adapter.named_children() if child is model)
-    with _ModuleTracker(model) as tracker, torch.no_grad(), warnings.catch_warnings():
+    with _ModuleTracker(model) as tracker, torch.no_grad(), warnings.catch_warnings(), \
+            ConversionWatch(tracker.innermost, _is_user_file, relative_source_path) as watch:
         # torch deprecates jit.trace in favour of export; the user cannot act on that here.
         warnings.filterwarnings("ignore", r"`torch\.jit\.trace", DeprecationWarning)
         try:
@@ -72,6 +74,7 @@ def trace(model: torch.nn.Module, example_inputs: tuple, *, inference_func=None)
             raise
         except Exception as exc:
             raise _capture_error(exc, tracker.innermost()) from exc
+    watch.check()  # value-dependent conversions the model caught and went on from
     jit_graph = traced.inlined_graph
     # The adapter returns a tuple of tensors; lowering tuples makes them the graph's
     # outputs and removes the model's own tuple packing and unpacking on the way.
