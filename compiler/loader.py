@@ -89,11 +89,14 @@ def load_onnx_bytes(model_bytes: bytes, manifest: dict, **options) -> LoadedMode
     return LoadedModel(model_bytes, manifest, **options)
 
 
-def load(directory: str | os.PathLike, *, threads: int | None = None) -> LoadedModel:
+def load(directory: str | os.PathLike, *, threads: int | None = None, strict: bool = False) -> LoadedModel:
     """Load an artifact directory written by ``dexport export``; its files are checked
-    against the manifest's digests first."""
+    against the manifest's digests first. An artifact whose recorded verification failed
+    loads with a ``DexportWarning``, or is refused (``DexportError``) when ``strict``."""
     manifest = read_manifest(directory)
     check_files(directory, manifest)
+    from dexport.verification import check_recorded_verification
+    check_recorded_verification(directory, manifest, strict=strict)
     if manifest.get("format") != "onnx":
         raise DexportError(f"{directory}: format {manifest.get('format')!r} cannot be loaded by this dexport",
                            hint="upgrade dexport, or re-export with --format onnx")
