@@ -156,7 +156,8 @@ class ConversionWatch:
         if value is None or depends_on_inputs(value, torch._C._get_tracing_state().graph(),
                                               reads) != "value":
             return None
-        conversion = Conversion(op, method, result, self.scope(), self._source(frame))
+        scope = self.scope()  # None: no submodule is running, the model's own code is
+        conversion = Conversion(op, method, result, "" if scope is None else scope, self._source(frame))
         self.found.append(conversion)
         return conversion
 

@@ -44,6 +44,20 @@ class ScalarBranch(nn.Module):
         return {"y": y, "n": inputs["n"]}
 
 
+class Head(nn.Module):
+    def forward(self, x):
+        return x.relu() if bool((x > 0).any()) else x
+
+
+class WithHead(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.head = Head()
+
+    def forward(self, x):
+        return self.head(x + 1)
+
+
 class BakedItem(nn.Module):
     def forward(self, x):
         try:  # a model that swallows the error is refused all the same
@@ -138,6 +152,11 @@ def test_scalar_branch_is_refused_with_op_scope_and_source():
     _assert_one_path_message(err)
 
 
+def test_branch_in_a_submodule_names_its_scope():
+    err = _refused(WithHead(), (torch.rand(2, 3),))
+    assert err.scope == "head" and err.source == _line_of(Head.forward, "(x > 0).any()")
+
+
 def test_scalar_branch_export_writes_nothing(tmp_path):
     out = tmp_path / "art"
     with pytest.raises(CaptureError):
@@ -181,7 +200,7 @@ def test_detector_with_a_content_branch_is_refused():
     with pytest.raises(CaptureError) as info:
         build_graph(branching_detector(), (images,))
     err = info.value
-    assert err.op == "aten::Bool"
+    assert err.op == "aten::Bool" and err.scope == ""
     assert err.source == _line_of(_branching_forward_batched, "images.mean() > 40")
     _assert_one_path_message(err)
 
