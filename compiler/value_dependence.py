@@ -22,7 +22,9 @@ it into a shape computation. Two checks tell the two apart:
   (``if len(boxes) == 0`` when every probe has detections) is not seen.
 * ``check_content_probe``: the model is traced once more on inputs of the same sizes and
   other values (``content_probe``); any difference from the trace of those sizes (an op,
-  its wiring, an attribute, a constant, a baked parameter) is value-dependent.
+  its wiring, an attribute, a constant, a baked parameter) is value-dependent. A model
+  that refuses the probe's values (a float tensor that holds indices) gives no evidence
+  either way, and the check is skipped.
 
 Conversions that the trace *records* (``aten::Int`` or ``aten::ScalarImplicit`` nodes,
 e.g. a count passed on to ``topk``, or PanopticFPN's output canvas sized by the maximum
@@ -39,10 +41,10 @@ from typing import Any, Callable
 
 import torch
 
-from dexport.ir.errors import CaptureError
+from dexport.ir.errors import CaptureError, DexportError
 
-__all__ = ["ConversionWatch", "ONE_PATH_HINT", "check_content_probe", "content_probe", "depends_on_inputs",
-           "probe_content"]
+__all__ = ["ConversionWatch", "ONE_PATH_HINT", "ValueDependenceError", "check_content_probe",
+           "content_probe", "depends_on_inputs", "probe_content"]
 
 ONE_PATH_HINT = ("tracing records one path and the Python values of one example: compute "
                  "it with tensor ops instead (torch.where(cond, a, b) keeps both branches; "
@@ -71,12 +73,18 @@ _PRINTING = ("__repr__", "__format__")
 _SHAPE_READERS = frozenset({
     "aten::size", "aten::sym_size", "aten::dim", "aten::numel", "aten::sym_numel",
     "prim::shape", "prim::device", "prim::dtype", "prim::layout", "aten::len",
+    "aten::_shape_as_tensor", "aten::stride", "aten::sym_stride", "aten::is_floating_point",
+    "aten::is_complex", "aten::element_size", "prim::is_cuda",
     "aten::zeros_like", "aten::ones_like", "aten::empty_like", "aten::full_like",
     "aten::rand_like", "aten::randn_like", "aten::new_zeros", "aten::new_ones",
     "aten::new_empty", "aten::new_full",
 })
 
 _THIS_FILE = __file__
+
+
+class ValueDependenceError(CaptureError):
+    """Tracing met value-dependent control flow or a value baked into the trace."""
 
 
 @dataclass
@@ -97,8 +105,8 @@ class Conversion:
             context = "other value-dependent conversions in the same trace:\n" + "\n".join(
                 f"{c.op} (Tensor.{c.method})  # {c.scope or '<top level>'} @ {c.source or '?'}"
                 for c in more[:10])
-        return CaptureError(what, op=self.op, scope=self.scope, source=self.source,
-                            context=context, hint=ONE_PATH_HINT)
+        return ValueDependenceError(what, op=self.op, scope=self.scope, source=self.source,
+                                    context=context, hint=ONE_PATH_HINT)
 
 
 # --------------------------------------------------------------------------- the watch
@@ -359,9 +367,14 @@ def probe_content(frontend: Callable, model: torch.nn.Module, inputs_list: list,
     if probe is None:
         return
     which = "the example" if k == 0 else f"probe_inputs[{k - 1}]"
-    with warnings.catch_warnings():  # the user has seen the tracer's warnings on the first trace
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        other = frontend(model, probe, inference_func)
+    try:
+        with warnings.catch_warnings():  # the user has seen the tracer's warnings on the first trace
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            other = frontend(model, probe, inference_func)
+    except ValueDependenceError:
+        raise
+    except DexportError:
+        return  # the model refuses the probe's values (indices or boxes kept as floats): no evidence
     check_content_probe(graphs[k], other, which)
 
 
@@ -377,15 +390,15 @@ def check_content_probe(base, other, which: str = "the example") -> None:
         _check_schemas(base, other, (label, which))
         _compare(mine, theirs, (label, which))
     except CaptureError as err:
-        raise CaptureError(err.what, op=err.op, scope=err.scope, source=err.source,
-                           context=err.context, hint=ONE_PATH_HINT) from None
+        raise ValueDependenceError(err.what, op=err.op, scope=err.scope, source=err.source,
+                                   context=err.context, hint=ONE_PATH_HINT) from None
     for user, their_user in zip(mine.users(), theirs.users()):
         for j, (a, b) in enumerate(zip(user.inputs, their_user.inputs)):
             if a.node is None or a.node.op != "prim::Constant":
                 continue
             va, vb = a.node.attrs["value"], b.node.attrs["value"]
             if not _same(va, vb):
-                raise CaptureError(
+                raise ValueDependenceError(
                     f"input {j} of {user.op} is the constant {_short(va)} on {which} and "
                     f"{_short(vb)} on {label}: a Python value computed from tensor values is "
                     "baked into the trace", op=user.op, scope=user.meta.scope,

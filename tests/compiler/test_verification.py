@@ -283,7 +283,7 @@ def test_mask_pixels_at_the_threshold_do_not_fail(undecided_masks):
     report = verify(model, replay([flipped]), [inputs])
     assert report.ok, report.format_table()
     assert report.rows[0]["mask_at_threshold"] > 0.5
-    assert "mask_iou 1.0000, mask_at_threshold 0." in report.summary()
+    assert "mask_iou 1.0000, mask_at_threshold " in report.summary()
     # Without the margin the same flips are a mask error.
     assert not verify(model, replay([flipped]), [inputs], mask_margin=0.0).ok
 
