@@ -4,10 +4,10 @@ from dexport.adapter import TracingAdapter
 from dexport.capture import capture
 from dexport.driver import export
 from dexport.dump import dump_ir, dump_torchscript_IR
-from dexport.ir.errors import DexportError
+from dexport.ir.errors import DexportError, DexportWarning
 from dexport.ir.schema import register_record
 from dexport.loader import load
 
 __version__ = "0.1.0"
-__all__ = ["DexportError", "TracingAdapter", "capture", "dump_ir", "dump_torchscript_IR", "export",
+__all__ = ["DexportError", "DexportWarning", "TracingAdapter", "capture", "dump_ir", "dump_torchscript_IR", "export",
            "load", "register_record"]

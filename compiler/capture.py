@@ -8,6 +8,7 @@ import torch
 import dexport.ir.dialects.structures  # noqa: F401  (Instances/Boxes/ImageList flatten through schemas)
 from dexport.frontends.base import get_frontend
 from dexport.ir.graph import Graph
+from dexport.frontends.value_dependence import probe_content
 
 
 def capture(model: torch.nn.Module, example_inputs: Any, method: str = "tracing", *,
@@ -34,4 +35,7 @@ def capture(model: torch.nn.Module, example_inputs: Any, method: str = "tracing"
     if probe_inputs is not None and frontend.needs_probes:
         from dexport.frontends.probes import capture_with_probes
         return capture_with_probes(run, model, example_inputs, probe_inputs, inference_func)
-    return run(model, example_inputs, inference_func)
+    graph = run(model, example_inputs, inference_func)
+    if frontend.needs_probes:  # a frontend that records one path is also checked on other content
+        probe_content(run, model, [example_inputs], [graph], inference_func)
+    return graph

@@ -225,7 +225,7 @@ def _parse_ints(text: str, flag: str, example: str) -> list[int]:
 def _tolerances(args):
     from dexport.verification import Tolerances
     return Tolerances().replace(box=args.box_tol, score=args.score_tol, mask_iou=args.mask_iou,
-                                keypoint_px=args.keypoint_tol, sem_seg=args.sem_seg_agreement,
+                                mask_margin=args.mask_margin, keypoint_px=args.keypoint_tol, sem_seg=args.sem_seg_agreement,
                                 panoptic=args.sem_seg_agreement, atol=args.atol)
 
 
@@ -332,7 +332,13 @@ def _add_tolerance_flags(p) -> None:
     t = Tolerances()
     p.add_argument("--box-tol", type=float, help=f"max box error, fraction of the image size (default {t.box})")
     p.add_argument("--score-tol", type=float, help=f"max score error (default {t.score})")
-    p.add_argument("--mask-iou", type=float, help=f"min mask IoU of matched detections (default {t.mask_iou})")
+    p.add_argument("--mask-iou", type=float, help=f"min mask IoU of matched detections, over the pixels "
+                   f"whose eager mask probability is more than --mask-margin from the mask threshold "
+                   f"(default {t.mask_iou})")
+    p.add_argument("--mask-margin", type=float,
+                   help=f"mask pixels whose eager probability is within this of the threshold may fall "
+                        f"either way and are left out of the mask IoU; 0 compares every pixel "
+                        f"(default {t.mask_margin})")
     p.add_argument("--keypoint-tol", type=float, help=f"max keypoint distance in pixels (default {t.keypoint_px})")
     p.add_argument("--sem-seg-agreement", type=float,
                    help=f"min fraction of equal semantic / panoptic labels (default {t.sem_seg})")

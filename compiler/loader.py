@@ -91,11 +91,15 @@ def _backend(manifest: dict):
     return get_backend(name)
 
 
-def load(directory: str | os.PathLike, *, threads: int | None = None) -> LoadedModel:
+def load(directory: str | os.PathLike, *, threads: int | None = None, strict: bool = False) -> LoadedModel:
     """Load an artifact directory written by ``dexport export``; its files are checked
-    against the manifest's digests first. ``threads``: the runner's thread count."""
+    against the manifest's digests first. An artifact whose recorded verification failed
+    loads with a ``DexportWarning``, or is refused (``DexportError``) when ``strict``.
+    ``threads``: the runner's thread count."""
     manifest = read_manifest(directory)
     check_files(directory, manifest)
+    from dexport.verification import check_recorded_verification
+    check_recorded_verification(directory, manifest, strict=strict)
     _backend(manifest)  # an unknown format is refused before any file is read
     return load_files(file_reader(directory, manifest), manifest, threads=threads)
 

@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from dexport.ir.errors import DexportError
+from dexport.ir.errors import DexportError, DexportWarning
 
 
 @dataclass(frozen=True)
@@ -37,11 +38,21 @@ class Tolerances:
     box: float = 1e-3
     score: float = 1e-4
     mask_iou: float = 0.99
+    mask_margin: float = 1e-4  # pixels whose eager mask probability is this close to the threshold
     keypoint_px: float = 0.5
     sem_seg: float = 0.999
     panoptic: float = 0.999
     atol: float = 1e-4        # raw max abs error, for models that are not detectors
     match_iou: float = 0.5    # a pair of detections below this IoU is not the same detection
+
+    def __post_init__(self):
+        # A NaN limit compares False both ways and would switch its check off silently.
+        # A negative one is a typo that fails or passes everything; refuse both.
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise DexportError(f"tolerance {f.name}={value!r} is not a number >= 0",
+                                   hint=f"give {f.name} a number >= 0 (default {f.default})")
 
     def replace(self, **overrides) -> "Tolerances":
         unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(self)})
@@ -61,6 +72,19 @@ _FIGURES = {
     "panoptic_agreement": ("panoptic", False),
     "raw_max_abs": ("atol", True),
 }
+
+# What extremes() and summary() report, in order: the figures, and after mask_iou the
+# share of mask pixels it left out (no limit: it says how much the mask IoU compared).
+def _extreme_figures() -> dict[str, bool]:
+    out = {}
+    for figure, (_, larger_is_worse) in _FIGURES.items():
+        out[figure] = larger_is_worse
+        if figure == "mask_iou":
+            out["mask_at_threshold"] = True
+    return out
+
+
+_EXTREMES = _extreme_figures()
 
 
 @dataclass
@@ -82,9 +106,10 @@ class VerificationReport:
         return [f"{_row_name(self.kind, r)}: {'; '.join(r['failures'])}" for r in bad[:n]]
 
     def extremes(self) -> dict:
-        """Per figure, the worst value over all rows and the row it came from."""
+        """Per figure, the worst value over all rows and the row it came from; also the
+        largest share of mask pixels left out at the threshold (``mask_at_threshold``)."""
         out = {}
-        for figure, (_, larger_is_worse) in _FIGURES.items():
+        for figure, larger_is_worse in _EXTREMES.items():
             present = [r for r in self.rows if r.get(figure) is not None]
             if present:
                 pick = (max if larger_is_worse else min)(present, key=lambda r: (r[figure], -r["index"]))
@@ -129,6 +154,28 @@ class VerificationReport:
         return "\n".join(text)
 
 
+def check_recorded_verification(directory, manifest: dict, *, strict: bool = False) -> None:
+    """Warn (``DexportWarning``), or with ``strict`` refuse (``DexportError``), when the
+    verification report an export stored in ``manifest`` says the artifact did not match
+    eager: which checks failed, on how many images, and the worst one."""
+    report = manifest.get("verification")
+    if not isinstance(report, dict) or report.get("ok") is not False:
+        return
+    rows = [r for r in report.get("rows") or [] if isinstance(r, dict)]
+    failed = [r for r in rows if r.get("ok") is False]
+    checks = sorted({str(f).split()[0] for r in failed for f in r.get("failures") or []})
+    worst = next(iter(report.get("worst") or []), None)
+    what = "image" if report.get("kind") == "detection" else "input"
+    text = (f"{directory}: its verification at export failed ({', '.join(checks) or 'unknown checks'} "
+            f"on {len(failed)} of {len(rows)} {what}s)" + (f"; worst: {worst}" if worst else ""))
+    hint = (f"re-check it with `dexport verify {directory}`, re-export it, or loosen the tolerance "
+            "if the difference is acceptable")
+    if strict:
+        raise DexportError(text + "; strict=True refuses it", hint=hint)
+    warnings.warn(DexportWarning(f"{text}. What to do: {hint} (strict=True refuses such artifacts)"),
+                  stacklevel=3)
+
+
 _SHORT = {"box_error_rel": "box rel", "score_error": "score", "mask_iou": "mask IoU",
           "keypoint_error_px": "kp px", "sem_seg_agreement": "sem seg", "panoptic_agreement": "panoptic"}
 
@@ -143,7 +190,10 @@ def verify(model: Callable, exported: Callable, inputs_list: Sequence[tuple], *,
     rows, kind = [], None
     with torch.no_grad():
         for i, inputs in enumerate(inputs_list):
-            expected, actual = model(*inputs), exported(*inputs)
+            with _MaskPastes() as pastes:
+                expected = model(*inputs)
+            actual = exported(*inputs)
+            bands = _mask_bands(model, inputs, expected, tol.mask_margin) if pastes.count else None
             this = "detection" if _is_detection(expected) else "raw"
             if kind not in (None, this):
                 raise DexportError("the model returned detections for some inputs and not for others",
@@ -153,8 +203,9 @@ def verify(model: Callable, exported: Callable, inputs_list: Sequence[tuple], *,
                 if not isinstance(actual, list) or len(actual) != len(expected):
                     raise DexportError(f"input {i}: the exported model returned {_describe(actual)} "
                                        f"for {len(expected)} images", hint="is this the artifact of this model?")
-                for e, a in zip(expected, actual):
-                    rows.append(compare_detections(e, a, tol, index=len(rows), input_index=i))
+                for k, (e, a) in enumerate(zip(expected, actual)):
+                    rows.append(compare_detections(e, a, tol, index=len(rows), input_index=i,
+                                                   mask_band=bands[k] if bands else None))
             else:
                 rows.append(compare_raw(expected, actual, tol, index=i))
     return VerificationReport(kind or "raw", tol, rows)
@@ -204,9 +255,11 @@ def _boxes(inst) -> torch.Tensor:
 
 
 def compare_detections(expected: dict, actual: dict, tol: Tolerances, *, index: int = 0,
-                       input_index: int = 0) -> dict:
+                       input_index: int = 0, mask_band: torch.Tensor | None = None) -> dict:
     """One image's result dicts (``instances``, optional ``sem_seg`` / ``panoptic_seg``)
-    as a report row."""
+    as a report row. ``mask_band`` (bool, like eager's ``pred_masks``): the pixels whose
+    eager mask probability is within ``tol.mask_margin`` of the threshold, left out of
+    the mask IoU (see ``_mask_bands``)."""
     ie, ia = expected["instances"], actual["instances"]
     h, w = (int(x) for x in ie.image_size)
     pairs = match_detections(ie, ia, tol.match_iou)
@@ -218,7 +271,10 @@ def compare_detections(expected: dict, actual: dict, tol: Tolerances, *, index: 
            "unmatched_exported": len(ia) - len(pairs), "box_error_px": box_px,
            "box_error_rel": box_px / max(h, w, 1), "score_error": _max_abs(ie.scores[pe], ia.scores[pa])}
     if ie.has("pred_masks"):
-        row["mask_iou"] = _min_mask_iou(ie.pred_masks[pe], ia.pred_masks[pa]) if ia.has("pred_masks") else 0.0
+        band = mask_band[pe] if mask_band is not None else None
+        row["mask_iou"] = _min_mask_iou(ie.pred_masks[pe], ia.pred_masks[pa], band) if ia.has("pred_masks") else 0.0
+        if band is not None:
+            row["mask_at_threshold"] = _at_threshold_fraction(ie.pred_masks[pe], band)
     if ie.has("pred_keypoints"):
         if ia.has("pred_keypoints"):
             d = ie.pred_keypoints[pe][..., :2].double() - ia.pred_keypoints[pa][..., :2].double()
@@ -272,15 +328,81 @@ def _max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
 
 
-def _min_mask_iou(me: torch.Tensor, ma: torch.Tensor) -> float:
+def _min_mask_iou(me: torch.Tensor, ma: torch.Tensor, band: torch.Tensor | None = None) -> float:
+    """The smallest IoU of matched masks, over the pixels outside ``band`` (where the
+    eager probability sits at the threshold and either answer is right)."""
     if not me.numel() and len(me) == len(ma):
         return 1.0
-    if me.shape != ma.shape:
+    if me.shape != ma.shape or (band is not None and band.shape != me.shape):
         return 0.0
     me, ma = me.flatten(1) > 0.5, ma.flatten(1) > 0.5
+    if band is not None:
+        certain = ~band.flatten(1)
+        me, ma = me & certain, ma & certain
     inter, union = (me & ma).sum(1).double(), (me | ma).sum(1).double()
     iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
     return iou.min().item()
+
+
+def _at_threshold_fraction(me: torch.Tensor, band: torch.Tensor) -> float:
+    """The share of eager's mask pixels and band pixels that are in the band."""
+    if band.shape != me.shape or not band.numel():
+        return 0.0
+    total = ((me > 0.5) | band).sum().item()
+    return band.sum().item() / total if total else 0.0
+
+
+# ----------------------------------------------------------------------------- mask noise floor
+
+# The op that turns mask probabilities into masks (prob >= threshold), by its schema name.
+PASTE_MASKS_OP = "dexport::paste_masks"
+
+
+class _MaskPastes(TorchDispatchMode):
+    """Counts the mask pastes of an eager run; with ``margin`` set, each paste returns
+    its band instead (probability within ``margin`` of its threshold)."""
+
+    def __init__(self, margin: float | None = None):
+        super().__init__()
+        self.margin = margin
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(getattr(func, "_schema", None), "name", None) != PASTE_MASKS_OP:
+            return func(*args, **kwargs)
+        self.count += 1
+        if self.margin is None:
+            return func(*args, **kwargs)
+        masks, boxes, image_size, threshold = args
+        if threshold < 0:  # probabilities, not masks: no threshold to sit at
+            return torch.zeros_like(func(*args, **kwargs))
+        probs = func(masks, boxes, image_size, -1.0)  # the op's probabilities, before the threshold
+        return (probs - threshold).abs() <= self.margin
+
+
+def _mask_bands(model: Callable, inputs: tuple, expected, margin: float) -> list | None:
+    """Per image of ``expected`` (the eager run on ``inputs``), a bool tensor like its
+    ``pred_masks``: the pixels whose eager mask probability is within ``margin`` of the
+    threshold. An untrained mask head puts most logits at 0 (probability 0.5), where
+    float noise of 1e-7 flips pixels; those pixels say nothing about the export. Made by
+    running eager once more with every ``dexport::paste_masks`` returning its band, so
+    the band goes through the model's own cropping and splitting. None when that run's
+    detections are not eager's (then masks are compared pixel for pixel)."""
+    if not _is_detection(expected) or not any(o["instances"].has("pred_masks") for o in expected):
+        return None
+    with _MaskPastes(margin):
+        banded = model(*inputs)
+    if not _is_detection(banded) or len(banded) != len(expected):
+        return None
+    bands = []
+    for e, b in zip(expected, banded):
+        ie, ib = e["instances"], b["instances"]
+        if (len(ie) != len(ib) or not ie.has("pred_masks") or not ib.has("pred_masks")
+                or not torch.equal(_boxes(ie), _boxes(ib)) or ib.pred_masks.shape != ie.pred_masks.shape):
+            return None
+        bands.append(ib.pred_masks > 0.5)
+    return bands
 
 
 def _agreement(a: torch.Tensor, b: torch.Tensor | None) -> float:
@@ -451,5 +573,5 @@ def format_ap_table(table: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["CocoFolder", "Tolerances", "VerificationReport", "ap_ok", "compare_ap", "compare_detections",
-           "compare_raw", "format_ap_table", "match_detections", "verify"]
+__all__ = ["CocoFolder", "Tolerances", "VerificationReport", "ap_ok", "check_recorded_verification",
+           "compare_ap", "compare_detections", "compare_raw", "format_ap_table", "match_detections", "verify"]

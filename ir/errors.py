@@ -38,6 +38,11 @@ class DexportError(Exception):
         return "\n".join(lines)
 
 
+class DexportWarning(UserWarning):
+    """Something works but should not be trusted blindly: e.g. loading an artifact whose
+    recorded verification failed. Like errors, the text says what and what to do."""
+
+
 class IRParseError(DexportError):
     """Malformed IR text."""
 

@@ -36,6 +36,7 @@ from dexport.ir.errors import CaptureError
 from dexport.ir.graph import CONSTANT, PARAM, Block, Graph, Node, Value
 from dexport.ir.types import TensorType
 from dexport.passes.fix_batch_dim import SIZE_TAG, is_data_dependent
+from dexport.frontends.value_dependence import probe_content
 
 __all__ = ["capture_with_probes"]
 
@@ -59,6 +60,7 @@ def capture_with_probes(frontend: Callable[..., Graph], model: torch.nn.Module, 
     for index, (probe, skeleton) in enumerate(zip(samples[1:], skeletons[1:])):
         _check_schemas(graph, probe, index)
         _compare(skeletons[0], skeleton, index)
+    probe_content(frontend, model, [example_inputs, *probe_inputs], samples, inference_func)
     symbols = _input_symbols(samples)
     _annotate_types(skeletons, symbols)
     _annotate_constants(skeletons, symbols)
@@ -117,19 +119,26 @@ def _source_near(node: Node) -> str:
     return next((n.meta.source for n in near if n.meta.source), "")
 
 
-def _structure_error(node: Node, index: int, what: str, theirs: Node | None = None) -> CaptureError:
+def _names(index: int | tuple[str, str]) -> tuple[str, str]:
+    """(the probe, what it is compared with) as messages name them; dexport.frontends.value_dependence
+    passes its own pair for the content probe."""
+    return (f"probe_inputs[{index}]", "the example") if isinstance(index, int) else index
+
+
+def _structure_error(node: Node, index, what: str, theirs: Node | None = None) -> CaptureError:
     source = _source_near(node) or (_source_near(theirs) if theirs is not None else "")
-    return CaptureError(f"the graph captured on probe_inputs[{index}] differs from the example's "
+    probe, base = _names(index)
+    return CaptureError(f"the graph captured on {probe} differs from {base}'s "
                         f"at {node.op}: {what}", op=node.op, scope=node.meta.scope,
                         source=source, hint=_STRUCTURE_HINT)
 
 
-def _check_schemas(graph: Graph, probe: Graph, index: int) -> None:
+def _check_schemas(graph: Graph, probe: Graph, index) -> None:
     for key in ("input_schema", "output_schema"):
         mine, theirs = getattr(graph, key), getattr(probe, key)
         if (mine is None) != (theirs is None) or (mine is not None and mine.to_json() != theirs.to_json()):
             raise CaptureError(
-                f"probe_inputs[{index}] gives another {key.replace('_', ' ')} than the example "
+                f"{_names(index)[0]} gives another {key.replace('_', ' ')} than {_names(index)[1]} "
                 f"inputs ({(mine.to_json() if mine else 'none')[:120]} vs "
                 f"{(theirs.to_json() if theirs else 'none')[:120]})",
                 hint="probes must have the example's structure: a python list with one entry per "

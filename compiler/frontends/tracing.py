@@ -23,6 +23,7 @@ import torch
 from dexport.adapter import TracingAdapter
 from dexport.frontends.base import Frontend, register_frontend
 from dexport.frontends.jit_importer import JitImporter
+from dexport.frontends.value_dependence import ConversionWatch
 from dexport.ir.errors import CaptureError, DexportError
 from dexport.ir.graph import Graph
 from dexport.ir.schema import DictSchema, RecordSchema, Schema, SequenceSchema, TensorSchema
@@ -40,7 +41,8 @@ def trace(model: torch.nn.Module, example_inputs: tuple, *, inference_func=None)
                            hint="wrap the function in an nn.Module whose forward calls it")
     adapter = TracingAdapter(model, example_inputs, inference_func)
     prefix = next(name for name, child in adapter.named_children() if child is model)
-    with _ModuleTracker(model) as tracker, torch.no_grad(), warnings.catch_warnings():
+    with _ModuleTracker(model) as tracker, torch.no_grad(), warnings.catch_warnings(), \
+            ConversionWatch(tracker.innermost, _is_user_file, relative_source_path) as watch:
         # torch deprecates jit.trace in favour of export; the user cannot act on that here.
         warnings.filterwarnings("ignore", r"`torch\.jit\.trace", DeprecationWarning)
         try:
@@ -49,6 +51,7 @@ def trace(model: torch.nn.Module, example_inputs: tuple, *, inference_func=None)
             raise
         except Exception as exc:
             raise _capture_error(exc, tracker.innermost()) from exc
+    watch.check()  # value-dependent conversions the model caught and went on from
     jit_graph = traced.inlined_graph
     # The adapter returns a tuple of tensors; lowering tuples makes them the graph's
     # outputs and removes the model's own tuple packing and unpacking on the way.

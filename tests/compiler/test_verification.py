@@ -230,3 +230,122 @@ def test_coco_folder_skips_pq_with_a_note(panoptic_pair, tmp_path):
     assert len(notes) == 1 and notes[0].startswith("PQ skipped:") and "\n" not in notes[0]
     with pytest.warns(UserWarning, match="PQ skipped"):
         compare_ap(model, model, CocoFolder(tmp_path / "val.json", tmp_path), iou_types=["bbox", "panoptic"])
+
+
+# ---- tolerances ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,value", [("box", math.nan), ("score", -1e-4), ("mask_iou", math.nan),
+                                        ("mask_margin", -0.1), ("atol", "0.1"), ("match_iou", True)])
+def test_nan_negative_or_non_number_tolerance_is_refused(name, value):
+    from dexport.ir.errors import DexportError
+    with pytest.raises(DexportError, match=f"tolerance {name}="):
+        Tolerances(**{name: value})
+    with pytest.raises(DexportError, match=f"tolerance {name}="):
+        Tolerances().replace(**{name: value})
+
+
+# ---- mask noise floor ---------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def undecided_masks():
+    """mask_rcnn_tiny with its mask predictor scaled down 1e7 times: every mask logit is
+    within 1e-6 of 0 (probability 0.5), as an untrained head's are, so the masks are
+    float noise inside each box; boxes and scores are the trained model's."""
+    model = zoo.get("mask_rcnn_tiny")
+    with torch.no_grad():
+        model.roi_heads.mask_head.predictor.weight.mul_(1e-7)
+        model.roi_heads.mask_head.predictor.bias.zero_()
+    data = ShapesDataset("val", num_images=1, seed=77, image_size=96)
+    inputs = ([{"image": data[0]["image"]}],)
+    with torch.no_grad():
+        out = model(*inputs)
+    assert len(out[0]["instances"]) >= 2 and out[0]["instances"].pred_masks.any()
+    return model, inputs, out
+
+
+def _edit_masks(out, edit):
+    out = copy.deepcopy(out)
+    edit(out[0]["instances"].pred_masks)
+    return out
+
+
+def test_mask_pixels_at_the_threshold_do_not_fail(undecided_masks):
+    """Flipping every mask pixel inside the boxes (where the probability is 0.5 up to
+    float noise) changes nothing certain: the check passes and says how much was left out."""
+    model, inputs, out = undecided_masks
+    inside = [b.round().long().tolist() for b in out[0]["instances"].pred_boxes.tensor]
+
+    def flip_inside(masks):
+        for m, (x0, y0, x1, y1) in zip(masks, inside):
+            m[y0 + 1:y1 - 1, x0 + 1:x1 - 1] = ~m[y0 + 1:y1 - 1, x0 + 1:x1 - 1]
+
+    flipped = _edit_masks(out, flip_inside)
+    report = verify(model, replay([flipped]), [inputs])
+    assert report.ok, report.format_table()
+    assert report.rows[0]["mask_at_threshold"] > 0.5
+    assert "mask_iou 1.0000, mask_at_threshold " in report.summary()
+    # Without the margin the same flips are a mask error.
+    assert not verify(model, replay([flipped]), [inputs], mask_margin=0.0).ok
+
+
+def test_mask_error_outside_the_threshold_band_still_fails(undecided_masks):
+    """Pixels far outside every box have probability 0: setting them is a real error."""
+    model, inputs, out = undecided_masks
+
+    def paint_corner(masks):
+        masks[:, :3, :3] = True
+
+    report = verify(model, replay([_edit_masks(out, paint_corner)]), [inputs])
+    assert not report.ok and report.worst()[0].startswith("image 0 (96x96, input 0): mask_iou")
+
+
+def test_broken_mask_lowering_fails_verification(tmp_path, monkeypatch):
+    """An ONNX paste_masks lowering that thresholds at 0.7 instead of 0.5 drops the mask
+    pixels of probability 0.5-0.7 (the trained model's mask edges): far outside the
+    threshold band, so the export's own verification fails on mask IoU."""
+    import dexport
+    from dexport.backends import onnx as onnx_backend
+    correct = onnx_backend.LOWERINGS["dexport::paste_masks"]
+
+    def threshold_07(ctx, node):
+        const = ctx.const
+        ctx.const = lambda n, i: 0.7 if n is node and i == 3 else const(n, i)
+        try:
+            return correct(ctx, node)
+        finally:
+            ctx.const = const
+    monkeypatch.setitem(onnx_backend.LOWERINGS, "dexport::paste_masks", threshold_07)
+    data = ShapesDataset("val", num_images=3, seed=5, image_size=80)
+    example = ([{"image": data[0]["image"]}],)
+    checks = [([{"image": data[1]["image"]}, {"image": data[2]["image"]}],)]
+    result = dexport.export(zoo.get("mask_rcnn_tiny"), example, tmp_path / "art", check_inputs=checks)
+    assert not result.verification.ok
+    assert all(f.startswith("mask_iou") for r in result.verification.rows for f in r["failures"])
+
+
+# ---- loading an artifact whose verification failed ----------------------------------
+
+def test_load_warns_about_a_failed_recorded_verification(mask_rcnn_artifact, tmp_path):
+    import shutil
+
+    import dexport
+    from dexport.ir.errors import DexportError, DexportWarning
+    art = tmp_path / "art"
+    shutil.copytree(mask_rcnn_artifact, art)
+    manifest = json.loads((art / "manifest.json").read_text())
+    report = manifest["verification"]
+    report["rows"][1].update(ok=False, failures=["mask_iou 0.9000 < 0.9900"])
+    report.update(ok=False, worst=["image 1 (160x160, input 0): mask_iou 0.9000 < 0.9900"])
+    (art / "manifest.json").write_text(json.dumps(manifest))
+
+    with pytest.warns(DexportWarning, match=r"mask_iou on 1 of 5 images\); worst: image 1 \(160x160"):
+        loaded = dexport.load(art)
+    assert loaded([{"image": torch.rand(3, 64, 64) * 255}])  # it still runs
+    with pytest.raises(DexportError, match="verification at export failed.*strict=True refuses it"):
+        dexport.load(art, strict=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DexportWarning)
+        dexport.load(mask_rcnn_artifact, strict=True)  # a verified artifact: not a word
+    # `dexport verify` compares again, and the artifact itself is fine.
+    with pytest.warns(DexportWarning):
+        assert main(["verify", str(art), "--images", "1", "--sizes", "64"]) == 0
