@@ -191,7 +191,8 @@ class _Verifier:
 
     def check_use_lists(self) -> None:
         """Each (node, i) in a value's uses must be a walked node whose input i is the
-        value, listed once; and as many uses as input slots read the value."""
+        value (a use list holds each pair at most once by construction); and as many
+        uses as input slots read the value."""
         in_graph, reads = self.in_graph, self.reads
         hint = "change inputs only with Node/Value methods (replace_input, replace_all_uses_with)"
         for v, producer in self.defined.items():
@@ -207,10 +208,6 @@ class _Verifier:
                     name = self.namer(user)
                     self.fail(f"{name(v)} lists a use as input {i} of this node, but that input is "
                               "something else (the use list is out of sync)", user, hint=hint)
-            if len(uses) > 1 and len(set((id(u), i) for u, i in uses)) != len(uses):
-                name = self.namer(producer)
-                self.fail(f"{name(v)} lists the same use twice (the use list is out of sync)",
-                          producer, hint=hint)
             if len(uses) != reads.get(v, 0):
                 self.missing_use(v, producer, hint)
 
