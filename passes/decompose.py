@@ -81,6 +81,9 @@ class Decompose(Pass):
         target: str = "onnx"
         only: str = ""
 
+    def validate(self) -> None:
+        target_support(self.options.target)  # a registered target, before the pipeline starts
+
     def run(self, graph: Graph) -> bool:
         supports = target_support(self.options.target)
         only = [op for op in re.split(r"[,\s]+", self.options.only) if op]

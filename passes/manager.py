@@ -25,7 +25,7 @@ from dexport.ir.graph import Graph
 from dexport.ir.interpreter import run as run_graph
 from dexport.ir.printer import print_graph
 from dexport.ir.verifier import STAGES, verify
-from dexport.passes.base import Pass, get_pass, pass_class, registered
+from dexport.passes.base import Pass, get_pass, pass_class, property_check, registered
 
 # --------------------------------------------------------------------------- pipeline text
 
@@ -302,8 +302,11 @@ class PassManager:
     ``assume`` names the IR properties (or verifier stages) already known to
     hold. A pass's ``requires`` must hold when it starts: a property holds if it
     was assumed or established by an earlier pass and not invalidated since
-    (by a pass that changed the graph); a verifier stage also holds if the
-    verifier accepts the graph at that stage.
+    (by a pass that changed the graph); a verifier stage or an observable
+    property (``register_property``) also holds if its check accepts the graph.
+    Before anything runs, ``run`` checks the whole pipeline: every pass's
+    ``validate()``, and that each plain property a pass requires is assumed or
+    established by an earlier pass (``check_pipeline``).
     """
 
     def __init__(self, pipeline: str | Sequence[str | Pass], *, verify_each: bool = False,
@@ -341,6 +344,25 @@ class PassManager:
         if prop in STAGES:  # verifier stages are nested: a stage implies the looser ones
             self.established.update(STAGES[:STAGES.index(prop)])
 
+    def check_pipeline(self) -> None:
+        """The static part of the contracts, before any pass runs: each pass's
+        options are valid, and each plain property (not a verifier stage nor
+        observable on the graph) that a pass requires is assumed or established by
+        an earlier pass of the pipeline."""
+        promised = set(self.assume)
+        for index, p in enumerate(self.passes):
+            try:
+                p.validate()
+            except PassError as e:
+                raise PassError(f"pass {p.spec()!r} (#{index} in the pipeline): {e.what}",
+                                hint=e.hint) from None
+            for prop in p.requires:
+                if prop in promised or prop in STAGES or property_check(prop) is not None:
+                    continue
+                raise PassError(f"pass {p.spec()!r} (#{index} in the pipeline) requires {prop!r}, "
+                                f"which no earlier pass establishes", hint=self._establishers_hint(prop))
+            promised.update(p.establishes)
+
     def _check_requires(self, index: int, p: Pass, graph: Graph) -> None:
         for prop in p.requires:
             if prop in self.established:
@@ -355,6 +377,15 @@ class PassManager:
                                     hint=self._establishers_hint(prop)) from e
                 self._establish(prop)
                 continue
+            check = property_check(prop)
+            if check is not None:
+                missing = check(graph)
+                if missing is None:
+                    self._establish(prop)
+                    continue
+                what, hint = missing
+                raise PassError(f"pass {p.spec()!r} (#{index} in the pipeline) requires {prop!r}: "
+                                f"{what}", hint=hint)
             raise PassError(f"pass {p.spec()!r} (#{index} in the pipeline) requires {prop!r}, "
                             f"which no earlier pass established", hint=self._establishers_hint(prop))
 
@@ -366,6 +397,7 @@ class PassManager:
         return f"no registered pass establishes {prop!r}; pass assume=[{prop!r}] if it holds"
 
     def run(self, graph: Graph) -> PassResult:
+        self.check_pipeline()
         self.established = set()
         for prop in self.assume:
             self._establish(prop)

@@ -8,7 +8,7 @@ import torch
 from dexport.ir import PassError, parse_type
 from dexport.ir.parser import parse
 from dexport.ir.printer import print_graph
-from dexport.passes import Instrument, Pass, PassManager, parse_pipeline
+from dexport.passes import Instrument, Pass, PassManager, get_pass, parse_pipeline
 
 TEXT = """graph(%x: f32[2,3]) {
   %one: int = prim::Constant() {value=1}
@@ -250,6 +250,57 @@ def test_a_pass_that_changed_the_graph_invalidates():
     g = _graph()
     PassManager([ChangeAlpha()]).run(g)  # no constant 1 left: Thaws changes nothing below
     PassManager([MakesFrozen(), Thaws(), NeedsFrozen()]).run(g)
+
+
+class Counts(Pass):
+    """Records that it ran."""
+    name = "counts"
+    runs = 0
+
+    def run(self, graph):
+        Counts.runs += 1
+        return False
+
+
+def test_an_unmet_requirement_fails_before_any_pass_runs():
+    Counts.runs = 0
+    with pytest.raises(PassError) as err:
+        PassManager([Counts(), NeedsFrozen(), MakesFrozen()]).run(_graph())
+    e = err.value
+    assert "pass 'needs-frozen' (#1 in the pipeline) requires 'frozen', which no earlier pass establishes" in e.what
+    assert e.hint.startswith("no registered pass establishes 'frozen'")
+    assert Counts.runs == 0  # nothing ran
+
+
+def test_the_hint_names_the_registered_pass_that_establishes_it():
+    from dexport.passes.base import _REGISTRY, register_pass
+    try:
+        register_pass(MakesFrozen)
+        with pytest.raises(PassError) as err:
+            PassManager([NeedsFrozen()]).run(_graph())
+        assert err.value.hint == "run one of these passes before it: makes-frozen"
+    finally:
+        _REGISTRY.pop("makes-frozen", None)
+
+
+def test_decompose_with_an_unknown_target_fails_before_any_pass_runs():
+    Counts.runs = 0
+    with pytest.raises(PassError, match=r"pass 'decompose\{target=nowhere\}' \(#1 in the pipeline\): "
+                                        r"decompose: unknown target 'nowhere'"):
+        PassManager([Counts(), get_pass("decompose", target="nowhere")]).run(_graph())
+    assert Counts.runs == 0
+
+
+def test_fix_batch_dim_dynamic_requires_a_probed_batch():
+    g = _graph()  # inputs f32[2,3]: no symbolic N
+    with pytest.raises(PassError, match=r"pass 'fix-batch-dim' \(#0 in the pipeline\) requires "
+                                        r"'batch-probed': the graph's inputs \(f32\[2,3\]\) have no "
+                                        r"symbolic batch dim N") as err:
+        PassManager("fix-batch-dim").run(g)
+    assert "probe_inputs" in err.value.hint
+    assert get_pass("fix-batch-dim", batch=2).requires == ()
+    g = parse(TEXT.replace("f32[2,3]", "f32[N,3]"))
+    PassManager("fix-batch-dim,dce").run(g)  # the check reads the property off the graph
 
 
 def test_a_stage_requirement_is_checked_with_the_verifier():
