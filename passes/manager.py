@@ -195,13 +195,14 @@ class DumpInstrument(Instrument):
 
 
 class VerifyInstrument(Instrument):
-    """Runs the verifier after each pass at the strictest stage the manager knows holds."""
+    """Runs the verifier after each pass at the strictest stage the manager knows
+    holds, and at least ``typed`` (every node agrees with its op's type rule)."""
 
     def __init__(self, manager: "PassManager"):
         self.manager = manager
 
     def after_pass(self, index, p, graph, record):
-        stage = self.manager.current_stage()
+        stage = max(self.manager.current_stage(), "typed", key=STAGES.index)
         try:
             verify(graph, stage=stage)
         except DexportError as e:

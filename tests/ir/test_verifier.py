@@ -1,4 +1,6 @@
 """The verifier: every check on its own, the stages, and what an error message says."""
+import re
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -51,14 +53,14 @@ def _fails(g, match, stage="captured"):
 
 def test_a_good_graph_passes_every_stage():
     g = _graph()
-    for stage in ("captured", "tensors-only", "backend-ready"):
+    for stage in ("captured", "typed", "tensors-only", "backend-ready"):
         verify(g, stage)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(graphs())
 def test_generated_graphs_verify(g):
-    verify(g)
+    verify(g, "typed")
 
 
 @settings(max_examples=30, deadline=None)
@@ -282,11 +284,91 @@ def test_return_only_as_terminator():
     _fails(g, "prim::Return in the middle of a block")
 
 
+# --------------------------------------------------------------------------- typed
+
+def test_a_wrongly_typed_node_fails_the_typed_stage():
+    g = parse("""graph(%x: f32[2]) {
+  %n: int = prim::Constant() {value=2}
+  %l: list[int] = prim::ListConstruct(%n, %n)
+  %s: f32[2] = aten::size.int(%x, %n)  # backbone.stem @ models/backbone.py:7
+  return (%s)
+}
+""")
+    verify(g, "captured")  # the structure is fine
+    err = _fails(g, r"typed IR: output 0 %s: f32\[2\] contradicts int, which aten::size.int's type rule "
+                    r"gives \(TensorType vs ScalarType\)", "typed")
+    assert err.op == "aten::size.int" and err.scope == "backbone.stem"
+    assert err.source == "models/backbone.py:7" and ">>   %s: f32[2] = aten::size.int" in err.context
+    _fails(g, "contradicts", "backend-ready")  # the later stages include it
+
+
+@pytest.mark.parametrize("declared, rule_text, reason", [
+    ("i64[2]", "f32[2]", "dtype i64 vs f32"),
+    ("f32[2,1]", "f32[2]", "rank 2 vs 1"),
+    ("f32[3]", "f32[2]", "dim 0: 3 vs 2"),
+])
+def test_dtype_rank_and_int_dims_must_agree_with_the_rule(declared, rule_text, reason):
+    g = parse(f"""graph(%x: f32[2]) {{
+  %t: {declared} = prim::Constant() {{value=tensor({rule_text}, [1.0, 2.0])}}
+  return (%t)
+}}
+""".replace("[1.0, 2.0]", "[1.0, 2.0]"))
+    _fails(g, re.escape(f"({reason})"), "typed")
+
+
+def test_unknown_and_symbolic_dims_agree_with_anything_consistent():
+    from dexport.ir.verifier import type_conflict
+    from dexport.ir import parse_type as t
+    for a, b in [("f32[N,3]", "f32[2,3]"), ("f32[?,3]", "f32[2,?]"), ("Tensor", "f32[2]"),
+                 ("Scalar", "float"), ("Any", "list[int]"), ("optional[int]", "None"),
+                 ("optional[int]", "int"), ("list[Tensor]", "list[f32[2]]"),
+                 ("tuple[f32[N], int]", "tuple[Tensor, int]")]:
+        assert type_conflict(t(a), t(b)) is None and type_conflict(t(b), t(a)) is None, (a, b)
+    assert type_conflict(t("f32[N,3]"), t("f32[N,4]")) == "dim 1: 3 vs 4"
+    assert type_conflict(t("tuple[int, int]"), t("tuple[int]")) == "2 vs 1 tuple elements"
+    assert type_conflict(t("list[int]"), t("list[float]")) == "element: int vs float"
+
+
+def test_a_traced_wrapped_number_is_a_typed_constant():
+    g = parse("""graph(%x: f32[2]) {
+  %h: f64[] = prim::Constant() {value=0.5}
+  %one: int = prim::Constant() {value=1}
+  %y: f32[2] = aten::add.Tensor(%x, %h, %one)
+  return (%y)
+}
+""")
+    verify(g, "typed")
+    _fails(parse(str(g).replace("f64[] = prim::Constant() {value=0.5}", "i64[] = prim::Constant() {value=0.5}")),
+           r"contradicts float", "typed")
+
+
+def test_a_wrong_number_of_outputs_for_the_rule():
+    from dexport.ir.ops import has_op, register_op
+    if not has_op("test::two_ints"):
+        register_op("test::two_ints", num_inputs=0, num_outputs=None, kernel=lambda node: (1, 2),
+                    type_rule=lambda node: [INT, INT])
+    g = parse("""graph() {
+  %a: int, %b: int = test::two_ints()
+  %c: int = test::two_ints()
+  return (%a, %c)
+}
+""")
+    _fails(g, "test::two_ints's type rule gives 2 outputs, this node has 1", "typed")
+
+
 # --------------------------------------------------------------------------- stages
 
-def _with(typ=None, op="prim::Constant", attrs=None, inputs=()):
+def _untyped_op() -> str:
+    """An op without a type rule: any output type passes the typed stage."""
+    from dexport.ir.ops import has_op, register_op
+    if not has_op("test::untyped"):
+        register_op("test::untyped", num_inputs=None, num_outputs=None, kernel=lambda node: ())
+    return "test::untyped"
+
+
+def _with(typ=None, op=None, attrs=None, inputs=()):
     g = _graph()
-    node = g.create_node(op, list(inputs), [typ] if typ is not None else [], attrs or {"value": 0},
+    node = g.create_node(op or _untyped_op(), list(inputs), [typ] if typ is not None else [], attrs or {},
                          Meta("heads.mask", "models/heads.py:3"), before=g.block.return_node)
     return g, node
 

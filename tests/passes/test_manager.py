@@ -329,7 +329,7 @@ def test_verify_each_names_the_broken_pass_with_the_verifier_message(tmp_path):
     with pytest.raises(PassError) as err:
         pm.run(g)
     e = err.value
-    assert e.what.startswith("pass 'use-before-def' (#1 in the pipeline) left a graph that fails the 'captured' verifier: ")
+    assert e.what.startswith("pass 'use-before-def' (#1 in the pipeline) left a graph that fails the 'typed' verifier: ")
     assert e.op == "aten::relu" and ">>" in e.context
     # the after-dump of the broken pass is written before the verifier runs
     assert (tmp_path / "001_use-before-def.after.ir").exists()
