@@ -335,10 +335,14 @@ class _Verifier:
 
     # -- stages --------------------------------------------------------------------
     def stage_hint(self) -> str:
+        # Only capture flattens structured values today (no pass does yet).
         if self.level == _TENSORS_ONLY:
-            return "run the staticize-instances pass first (records become plain tensor values)"
-        return ("lower structured values first (staticize-instances; tuples and optionals must be "
-                "flattened into separate values by the pipeline before a backend sees the graph)")
+            return ("capture through the flattening adapter (dexport.capture(..., method=\"tracing\")): "
+                    "records in the model's inputs and outputs become schemas, not values; "
+                    "register your own classes with dexport.register_record")
+        return ("a backend takes tensors, scalars and lists of them: capture through the flattening "
+                "adapter (dexport.capture(..., method=\"tracing\")), which turns structured inputs "
+                "and outputs (records, tuples, optionals) into such values")
 
     def type_problem(self, t: Type) -> str | None:
         hit = self.type_problems.get(id(t))

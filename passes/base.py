@@ -51,7 +51,7 @@ class Pass:
     establishes: ClassVar[tuple[str, ...]] = ()
     invalidates: ClassVar[tuple[str, ...]] = ()
     # True for passes that deliberately change what the graph takes or returns
-    # (e.g. strip-postprocess): validation compares outputs across them no more.
+    # (e.g. one that cuts post-processing out): validation compares outputs across them no more.
     changes_signature: ClassVar[bool] = False
 
     def __init__(self, **options: Any):

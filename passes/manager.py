@@ -1,7 +1,7 @@
 """PassManager: run a pipeline of passes with instruments around each pass.
 
 A pipeline is a list of pass names / ``Pass`` objects, or a text such as
-``"staticize-instances,fix-batch-dim{batch=dynamic},cse,dce"`` (options in
+``"fix-batch-dim{batch=dynamic},cse,dce"`` (options in
 braces, values unquoted or quoted with ``"``). Instruments are small objects
 with ``before_pipeline`` / ``before_pass`` / ``after_pass`` hooks; the
 built-in ones time passes, verify after each pass, dump the IR before and

@@ -380,7 +380,7 @@ def test_records_are_captured_but_not_tensors_only():
     g, _ = _with(RECORD)
     verify(g, "captured")
     err = _fails(g, "has type record Instances{scores: f32\\[2\\]}: records are not allowed", "tensors-only")
-    assert "staticize-instances" in err.hint and err.scope == "heads.mask"
+    assert "dexport.register_record" in err.hint and err.scope == "heads.mask"
 
 
 def test_records_nested_in_lists_are_not_tensors_only():
