@@ -39,10 +39,15 @@ _TYPED, _TENSORS_ONLY, _BACKEND_READY = 1, 2, 3
 _PASS_BUG = "this is a bug in whatever built or last rewrote the graph (a pass or a frontend)"
 
 
-def verify(graph: Graph, stage: str = "captured") -> None:
-    """Check ``graph`` for ``stage``; raise ``VerificationError`` at the first problem."""
+def verify(graph: "Graph | Program", stage: str = "captured") -> None:
+    """Check ``graph`` for ``stage``; raise ``VerificationError`` at the first problem.
+    A ``Program`` is checked graph by graph, then as a whole (``Program.verify``)."""
     if stage not in STAGES:
         raise DexportError(f"unknown IR stage {stage!r}", hint=f"use one of {', '.join(STAGES)}")
+    if not isinstance(graph, Graph):
+        from dexport.ir.program import Program
+        if isinstance(graph, Program):
+            return graph.verify(stage)
     _Verifier(graph, STAGES.index(stage)).run()
 
 
