@@ -30,12 +30,9 @@ import torch
 
 from dexport.adapter import TracingAdapter
 from dexport.ir.errors import CaptureError, DexportError
-from dexport.ir.graph import CONSTANT, PARAM, Block, Graph, Meta, Node, Value
+from dexport.ir.graph import CONSTANT, PARAM, SMALL_TENSOR_NUMEL, Block, Graph, Meta, Node, Value
 from dexport.ir.ops import has_op, ir_type_from_jit, registered_ops, type_of_constant
 from dexport.ir.schema import DictSchema, RecordSchema, Schema, SequenceSchema, TensorSchema
-
-# Tensor constants up to this many elements stay attributes; larger ones become params.
-SMALL_CONSTANT_NUMEL = 8
 
 _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
 _DEXPORT_COMPILER_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
@@ -306,7 +303,7 @@ class _Converter:
         meta = self._meta(node)
         if isinstance(value, torch.Tensor):
             value = value.detach()
-            if value.numel() > SMALL_CONSTANT_NUMEL:
+            if value.numel() > SMALL_TENSOR_NUMEL:
                 name = self.graph.unique_param_name(f"_const.{self.num_consts}")
                 self.num_consts += 1
                 self.values[out.unique()] = self._add_param(name, value, meta)

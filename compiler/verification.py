@@ -29,6 +29,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from dexport.ir.errors import DexportError
+from dexport.passes.manager import max_abs_error
 
 
 @dataclass(frozen=True)
@@ -269,7 +270,7 @@ def _judge(row: dict, tol: Tolerances, *, detection: bool) -> dict:
 
 
 def _max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
-    return (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
+    return max_abs_error(a, b)
 
 
 def _min_mask_iou(me: torch.Tensor, ma: torch.Tensor) -> float:
@@ -315,7 +316,7 @@ def _raw_errors(expected, actual) -> tuple[float, float, int]:
         if x.shape != y.shape:
             return math.inf, math.inf, len(fe)
         if x.numel():
-            err = (x.double() - y.double()).abs().max().item()
+            err = max_abs_error(x, y)
             scale = x.double().abs().max().item()
             worst_abs = max(worst_abs, err)
             worst_rel = max(worst_rel, err / scale if scale > 0 else (0.0 if err == 0 else math.inf))

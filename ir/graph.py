@@ -29,6 +29,9 @@ from dexport.ir.types import Type
 RETURN = "prim::Return"
 PARAM = "prim::Param"        # reads graph.params[attrs["name"]]
 CONSTANT = "prim::Constant"  # attrs["value"]
+# Tensors of at most this many elements are kept inline as prim::Constant values
+# (readable in the IR text, foldable); larger ones go to graph.params.
+SMALL_TENSOR_NUMEL = 16
 
 
 @dataclass

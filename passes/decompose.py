@@ -36,8 +36,8 @@ import torch
 from torch.utils import _pytree as pytree
 
 from dexport.ir.errors import PassError
-from dexport.ir.graph import CONSTANT, PARAM, Graph, Node, Value
-from dexport.ir.ops import get_op, has_op, ir_type_from_jit, type_of_constant, unify_types
+from dexport.ir.graph import CONSTANT, PARAM, SMALL_TENSOR_NUMEL, Graph, Node, Value
+from dexport.ir.ops import get_op, has_op, ir_type_from_jit, overload_of, type_of_constant, unify_types
 from dexport.ir.types import BOOL, FLOAT, INT, ListType, TensorType, Type
 from dexport.passes.base import Pass, register_pass
 
@@ -178,7 +178,7 @@ class _Tracer:
                 if isinstance(item.type, TensorType) and item.type.shape is not None:
                     self.taken.update(d for d in item.type.shape if isinstance(d, int))
         template = [self._argument(v, i) for i, v in enumerate(node.inputs)]
-        overload = _overload(node.op)
+        overload = overload_of(node.op)
         positional = [a for a in schema.arguments if not a.kwarg_only]
         keywords = [a.name for a in schema.arguments if a.kwarg_only]
 
@@ -270,12 +270,6 @@ def _fill(template: Any, tensors: tuple) -> Any:
     if isinstance(template, list):
         return [_fill(t, tensors) for t in template]
     return template
-
-
-def _overload(name: str):
-    ns, _, rest = name.partition("::")
-    base, _, overload = rest.partition(".")
-    return getattr(getattr(getattr(torch.ops, ns), base), overload or "default")
 
 
 # --------------------------------------------------------------------------- planning
@@ -443,7 +437,7 @@ class _Splicer:
 
     def _tensor_constant(self, tensor: torch.Tensor) -> Value:
         tensor = tensor.detach().clone()
-        if tensor.numel() <= 16:
+        if tensor.numel() <= SMALL_TENSOR_NUMEL:
             return self._create(CONSTANT, [], [type_of_constant(tensor)], {"value": tensor}).output
         scope = self.node.meta.scope
         return self.graph.add_param(self.graph.unique_param_name(f"{scope}.decomposed" if scope else "decomposed"),

@@ -241,7 +241,7 @@ class ValidateInstrument(Instrument):
                             op=e.op, scope=e.scope, source=e.source, context=e.context,
                             hint=f"this is a bug in pass {p.name!r}") from e
         if not p.changes_signature:
-            problem = compare_outputs(self.reference, outputs, self.atol)
+            problem = first_difference(self.reference, outputs, self.atol)
             if problem is not None:
                 raise PassError(f"{where} changed the graph's outputs on the sample inputs: {problem}",
                                 hint=f"this is a bug in pass {p.name!r}; dump the IR around it "
@@ -249,15 +249,23 @@ class ValidateInstrument(Instrument):
         self.reference = outputs
 
 
-def _max_abs_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Largest |a - b|; equal entries (infinities, NaN against NaN) count 0, a NaN against a number inf."""
-    if a.numel() == 0:
-        return 0.0
-    wide = torch.complex128 if a.is_complex() else torch.float64
+def abs_errors(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Elementwise |a - b| in float64 (broadcast): equal entries (infinities, NaN
+    against NaN) are 0, a NaN against a number or an infinity against another value
+    is inf. The one definition of "how far apart" that validation, verification and
+    bisection share."""
+    wide = torch.complex128 if a.is_complex() or b.is_complex() else torch.float64
     a, b = a.detach().to(wide), b.detach().to(wide)
     same = (a == b) | (torch.isnan(a) & torch.isnan(b))
     diff = torch.where(same, 0.0, (a - b).abs())
-    return float(torch.nan_to_num(diff, nan=math.inf).max())
+    return torch.nan_to_num(diff, nan=math.inf)
+
+
+def max_abs_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The largest of ``abs_errors(a, b)``; 0 for empty tensors."""
+    if a.numel() == 0:
+        return 0.0
+    return float(abs_errors(a, b).max())
 
 
 def _compare(a: Any, b: Any, path: str, atol: float) -> str | None:
@@ -266,7 +274,7 @@ def _compare(a: Any, b: Any, path: str, atol: float) -> str | None:
             return f"output {path} changed shape from {tuple(a.shape)} to {tuple(b.shape)}"
         if a.dtype != b.dtype:
             return f"output {path} changed dtype from {a.dtype} to {b.dtype}"
-        err = _max_abs_error(a, b)
+        err = max_abs_error(a, b)
         if err > atol:
             return f"output {path} differs by max abs error {err:.6g} (atol {atol:g})"
         return None
@@ -283,7 +291,7 @@ def _compare(a: Any, b: Any, path: str, atol: float) -> str | None:
     return None
 
 
-def compare_outputs(before: Sequence[Any], after: Sequence[Any], atol: float) -> str | None:
+def first_difference(before: Sequence[Any], after: Sequence[Any], atol: float) -> str | None:
     """None if ``after`` matches ``before`` within ``atol``, else what differs
     first (output index, max abs error)."""
     if len(before) != len(after):

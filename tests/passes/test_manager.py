@@ -375,3 +375,21 @@ def test_verify_each_checks_the_strictest_established_stage():
     PassManager([MakesRecord()], verify_each=True).run(_graph())
     with pytest.raises(PassError, match="fails the 'tensors-only' verifier"):
         PassManager([MakesRecord()], verify_each=True, assume=["tensors-only"]).run(_graph())
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+def test_max_abs_error_counts_equal_specials_as_equal_and_nan_as_infinite():
+    from dexport.passes import abs_errors, max_abs_error
+    inf, nan = float("inf"), float("nan")
+    a = torch.tensor([1.0, inf, nan, -inf])
+    assert max_abs_error(a, a.clone()) == 0.0
+    assert max_abs_error(torch.tensor([1.0, 2.0]), torch.tensor([1.5, 2.0], dtype=torch.float64)) == 0.5
+    assert abs_errors(torch.tensor([nan, 1.0, inf]), torch.tensor([1.0, 1.0, 2.0])).tolist() == [inf, 0.0, inf]
+    assert max_abs_error(torch.empty(0), torch.empty(0)) == 0.0
+    assert max_abs_error(torch.tensor([3], dtype=torch.int64), torch.tensor([1], dtype=torch.int64)) == 2.0
+
+
+def test_the_inline_threshold_has_one_home():
+    from dexport.ir.graph import SMALL_TENSOR_NUMEL
+    assert get_pass("fold-constants").options.inline_elements == SMALL_TENSOR_NUMEL
