@@ -258,7 +258,7 @@ def abs_errors(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     a, b = a.detach().to(wide), b.detach().to(wide)
     same = (a == b) | (torch.isnan(a) & torch.isnan(b))
     diff = torch.where(same, 0.0, (a - b).abs())
-    return torch.nan_to_num(diff, nan=math.inf)
+    return torch.nan_to_num(diff, nan=math.inf, posinf=math.inf)
 
 
 def max_abs_error(a: torch.Tensor, b: torch.Tensor) -> float:
