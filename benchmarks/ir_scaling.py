@@ -31,7 +31,7 @@ import torch
 from dexport.ir.graph import Graph, Meta, Value
 from dexport.ir.parser import parse
 from dexport.ir.printer import print_graph
-from dexport.ir.types import BOOL, INT, ListType, TensorType
+from dexport.ir.types import BOOL, INT, NONE, ListType, TensorType
 from dexport.ir.verifier import verify
 from dexport.passes import PassManager
 
@@ -96,7 +96,7 @@ class _Builder:
         v = self.op("aten::view", [f, back_size], ACT, scope)
         # dead: a score nobody reads, and its input
         dead = self.op("aten::sigmoid", [f], FLAT, scope + ".unused")
-        self.op("aten::sum", [dead, self.const(None, TensorType())], TensorType(torch.float32, ()), scope)
+        self.op("aten::sum", [dead, self.const(None, NONE)], TensorType(torch.float32, ()), scope)
         self.const(False, BOOL)
         t = self.op("aten::neg", [v], ACT, scope)
         self.x = self.op("aten::add.Tensor", [t, v, self.one], ACT, scope + ".out")

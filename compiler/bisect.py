@@ -27,6 +27,7 @@ import torch
 from dexport.backends.base import DEFAULT_BACKEND, get_backend
 from dexport.ir.errors import DexportError
 from dexport.ir.graph import Graph, Node, Value
+from dexport.passes.manager import abs_errors
 
 DEFAULT_ATOL, DEFAULT_RTOL = 1e-4, 1e-4
 
@@ -209,9 +210,8 @@ def _errors(e: torch.Tensor, a: torch.Tensor, atol: float, rtol: float) -> tuple
     beyond ``atol + rtol * max|e|`` (NaN equals NaN; infinities must be equal)."""
     if not e.numel() or (e.dtype == a.dtype and torch.equal(e, a)):
         return 0.0, 0.0, 0
-    e, a = e.double(), a.double()
-    same = (e == a) | (torch.isnan(e) & torch.isnan(a))
-    diff = torch.where(same, 0.0, (a - e).abs().nan_to_num(nan=float("inf")))
+    diff = abs_errors(e, a)
+    e = e.double()
     scale = e.abs().nan_to_num(nan=0.0, posinf=0.0).max().item()
     max_abs = diff.max().item()
     bad = int((diff > atol + rtol * scale).sum())

@@ -30,6 +30,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from dexport.ir.errors import DexportError, DexportWarning
+from dexport.passes.manager import max_abs_error
 
 
 @dataclass(frozen=True)
@@ -325,7 +326,7 @@ def _judge(row: dict, tol: Tolerances, *, detection: bool) -> dict:
 
 
 def _max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
-    return (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
+    return max_abs_error(a, b)
 
 
 def _min_mask_iou(me: torch.Tensor, ma: torch.Tensor, band: torch.Tensor | None = None) -> float:
@@ -437,7 +438,7 @@ def _raw_errors(expected, actual) -> tuple[float, float, int]:
         if x.shape != y.shape:
             return math.inf, math.inf, len(fe)
         if x.numel():
-            err = (x.double() - y.double()).abs().max().item()
+            err = max_abs_error(x, y)
             scale = x.double().abs().max().item()
             worst_abs = max(worst_abs, err)
             worst_rel = max(worst_rel, err / scale if scale > 0 else (0.0 if err == 0 else math.inf))

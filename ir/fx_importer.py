@@ -29,13 +29,11 @@ from typing import Any
 import torch
 
 from dexport.ir.errors import DexportError
-from dexport.ir.graph import CONSTANT, Graph, Meta, Node, Value
+from dexport.ir.graph import CONSTANT, SMALL_TENSOR_NUMEL, Graph, Meta, Node, Value
 from dexport.ir.ops import has_op, ir_type_from_jit, type_of_constant, unify_types
 from dexport.ir.types import BOOL, FLOAT, INT, ListType, TensorType, Type
 
 CONSTRUCT, UNPACK = "prim::ListConstruct", "prim::ListUnpack"
-# get_attr tensors up to this many elements become constants; larger ones parameters.
-SMALL_TENSOR_NUMEL = 16
 
 # Python operators on sizes in the trace -> the IR's scalar ops (suffix by operand kinds).
 _SCALAR_OPS = {operator.add: "add", operator.sub: "sub", operator.mul: "mul",

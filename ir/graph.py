@@ -5,8 +5,11 @@ Invariants (checked by ``dexport.ir.verify``):
 * Every Value has exactly one producer: a Node (``value.producer``, output
   number ``value.index``) or a Block (a block parameter).
 * ``value.uses`` lists every ``(node, input_index)`` that reads the value, in
-  the order the uses were made. Use lists change only through the methods in
-  this module, so they cannot drift out of sync with ``node.inputs``.
+  the order the uses were made. ``node.inputs`` is a tuple and ``value.uses`` a
+  read-only view: both change only through the methods in this module
+  (``Node.replace_input``, ``Value.replace_all_uses_with``, ...), so they cannot
+  drift out of sync. A use list is an insertion-ordered dict underneath, so
+  adding or dropping one use is O(1) however many uses the value has.
 * A Block is a doubly-linked list of Nodes ended by a ``prim::Return`` node
   whose inputs are the block's results. Iteration order is the list order, so
   everything built on it (printing, passes, emission) is deterministic.
@@ -26,6 +29,9 @@ from dexport.ir.types import Type
 RETURN = "prim::Return"
 PARAM = "prim::Param"        # reads graph.params[attrs["name"]]
 CONSTANT = "prim::Constant"  # attrs["value"]
+# Tensors of at most this many elements are kept inline as prim::Constant values
+# (readable in the IR text, foldable); larger ones go to graph.params.
+SMALL_TENSOR_NUMEL = 16
 
 
 @dataclass
@@ -41,15 +47,65 @@ class Meta:
         return Meta(self.scope, self.source, tuple(self.tags))
 
 
+class Uses:
+    """The uses of one value, ``(node, input_index)`` pairs in the order they were
+    made: iterate, ``len``, ``in``, compare with a list. Read-only; the Node and
+    Value methods change it. Indexing walks from the nearer end (``uses[0]`` and
+    ``uses[-1]`` are O(1))."""
+    __slots__ = ("_d",)
+
+    def __init__(self):
+        self._d: dict[tuple[Node, int], None] = {}
+
+    def __iter__(self) -> Iterator[tuple["Node", int]]:
+        return iter(self._d)
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def __bool__(self) -> bool:
+        return bool(self._d)
+
+    def __contains__(self, use) -> bool:
+        return use in self._d
+
+    def __getitem__(self, i: int) -> tuple["Node", int]:
+        n = len(self._d)
+        if not -n <= i < n:
+            raise IndexError("use index out of range")
+        i %= n
+        it = iter(self._d) if i < n // 2 + 1 else reversed(self._d)
+        for _ in range(i if i < n // 2 + 1 else n - 1 - i):
+            next(it)
+        return next(it)
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, Uses):
+            return list(self._d) == list(other._d)
+        if isinstance(other, (list, tuple)):
+            return list(self._d) == list(other)
+        return NotImplemented
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        return f"Uses({list(self._d)!r})"
+
+
 class Value:
-    __slots__ = ("type", "producer", "index", "uses", "name_hint")
+    __slots__ = ("type", "producer", "index", "_uses", "name_hint")
 
     def __init__(self, type: Type, producer: "Node | Block", index: int, name_hint: str | None = None):
         self.type = type
         self.producer = producer
         self.index = index
-        self.uses: list[tuple[Node, int]] = []
+        self._uses = Uses()
         self.name_hint = name_hint
+
+    @property
+    def uses(self) -> Uses:
+        """Every ``(node, input_index)`` reading this value, in the order the uses were made."""
+        return self._uses
 
     @property
     def node(self) -> "Node | None":
@@ -57,12 +113,21 @@ class Value:
         return self.producer if isinstance(self.producer, Node) else None
 
     def replace_all_uses_with(self, new: "Value") -> None:
+        """Make every reader of this value read ``new`` instead. Cost: O(uses), plus
+        one rebuild of each distinct user's input tuple."""
         if new is self:
             return
-        for user, i in self.uses:
-            user.inputs[i] = new
-            new.uses.append((user, i))
-        self.uses = []
+        slots: dict[Node, list[int]] = {}
+        added = new._uses._d
+        for use in self._uses._d:
+            slots.setdefault(use[0], []).append(use[1])
+            added[use] = None
+        for user, indices in slots.items():
+            inputs = list(user._inputs)
+            for i in indices:
+                inputs[i] = new
+            user._inputs = tuple(inputs)
+        self._uses._d = {}
 
     def users(self) -> list["Node"]:
         """Distinct using nodes, in use order."""
@@ -77,47 +142,72 @@ class Value:
 
 
 class Node:
-    __slots__ = ("op", "inputs", "outputs", "attrs", "blocks", "meta", "block", "prev", "next")
+    __slots__ = ("op", "_inputs", "outputs", "attrs", "blocks", "meta", "block", "prev", "next")
 
     def __init__(self, op: str, inputs: Sequence[Value], output_types: Sequence[Type],
                  attrs: dict[str, Any] | None = None, meta: Meta | None = None):
         self.op = op
-        self.inputs: list[Value] = []
+        self._inputs: tuple[Value, ...] = ()
         self.attrs: dict[str, Any] = dict(attrs or {})
         self.meta = meta or Meta()
         self.blocks: list[Block] = []
         self.block: Block | None = None  # the block holding this node, once inserted
         self.prev: Node | None = None
         self.next: Node | None = None
-        for v in inputs:
-            self.add_input(v)
+        self.set_inputs(inputs)
         self.outputs = [Value(t, self, i) for i, t in enumerate(output_types)]
 
     # -- inputs and outputs -------------------------------------------------------------
+    @property
+    def inputs(self) -> tuple[Value, ...]:
+        """The input values, read-only: change them with ``replace_input``,
+        ``add_input``, ``remove_input``, ``set_inputs`` or ``Value.replace_all_uses_with``."""
+        return self._inputs
+
+    def set_inputs(self, values: Iterable[Value]) -> None:
+        """Replace all inputs at once (the old ones lose these uses)."""
+        if self._inputs:
+            self.drop_inputs()
+        values = tuple(values)
+        for i, v in enumerate(values):
+            if not isinstance(v, Value):
+                raise TypeError(f"node input must be a Value, got {type(v).__name__}")
+            v._uses._d[(self, i)] = None
+        self._inputs = values
+
     def add_input(self, value: Value) -> None:
         if not isinstance(value, Value):
             raise TypeError(f"node input must be a Value, got {type(value).__name__}")
-        value.uses.append((self, len(self.inputs)))
-        self.inputs.append(value)
+        value._uses._d[(self, len(self._inputs))] = None
+        self._inputs += (value,)
 
     def replace_input(self, index: int, value: Value) -> None:
-        old = self.inputs[index]
-        old.uses.remove((self, index))
-        self.inputs[index] = value
-        value.uses.append((self, index))
+        """Read ``value`` as input ``index``. O(1) in the use lists; the input tuple
+        is rebuilt (O(number of inputs))."""
+        if not isinstance(value, Value):
+            raise TypeError(f"node input must be a Value, got {type(value).__name__}")
+        inputs = self._inputs
+        index = range(len(inputs))[index]  # negative indices, and the IndexError
+        del inputs[index]._uses._d[(self, index)]
+        self._inputs = inputs[:index] + (value,) + inputs[index + 1:]
+        value._uses._d[(self, index)] = None
 
     def remove_input(self, index: int) -> None:
-        """Drop one input; later inputs shift down and their uses are renumbered."""
-        old = self.inputs.pop(index)
-        old.uses.remove((self, index))
-        for j in range(index, len(self.inputs)):
-            uses = self.inputs[j].uses
-            uses[uses.index((self, j + 1))] = (self, j)
+        """Drop one input; later inputs shift down and their uses are renumbered
+        (each keeping its place in its value's use list)."""
+        inputs = self._inputs
+        index = range(len(inputs))[index]
+        del inputs[index]._uses._d[(self, index)]
+        self._inputs = inputs[:index] + inputs[index + 1:]
+        for j in range(index, len(self._inputs)):
+            uses = self._inputs[j]._uses
+            old, new = (self, j + 1), (self, j)
+            uses._d = {new if u == old else u: None for u in uses._d}
 
     def drop_inputs(self) -> None:
-        for i, v in enumerate(self.inputs):
-            v.uses.remove((self, i))
-        self.inputs = []
+        for i, v in enumerate(self._inputs):
+            del v._uses._d[(self, i)]
+        self._inputs = ()
 
     def add_output(self, type: Type) -> Value:
         v = Value(type, self, len(self.outputs))
@@ -224,13 +314,11 @@ class Block:
             p.index = j
 
     @property
-    def returns(self) -> list[Value]:
+    def returns(self) -> tuple[Value, ...]:
         return self.return_node.inputs
 
     def set_returns(self, values: Iterable[Value]) -> None:
-        self.return_node.drop_inputs()
-        for v in values:
-            self.return_node.add_input(v)
+        self.return_node.set_inputs(values)
 
     def append(self, node: Node) -> Node:
         self._link(node, self.return_node.prev, self.return_node)
@@ -290,7 +378,7 @@ class Graph:
         return self.block.params
 
     @property
-    def outputs(self) -> list[Value]:
+    def outputs(self) -> tuple[Value, ...]:
         return self.block.returns
 
     def add_input(self, type: Type, name_hint: str | None = None) -> Value:
@@ -348,9 +436,8 @@ class Graph:
 
     def erase_nodes(self, nodes: Iterable[Node]) -> None:
         """Erase many nodes at once; their outputs may be used only by nodes erased
-        with them. Cost: one sweep over the use lists of the values they read.
-        (``Node.erase`` one at a time rescans a shared value's use list per reader,
-        which is quadratic when, say, 100k dead nodes read one constant.)"""
+        with them (``Node.erase`` one at a time would refuse a node whose reader is
+        erased later). Cost: linear in the erased nodes and their inputs."""
         top: list[Node] = []
         gone: set[int] = set()        # ids of every erased node, nested ones and returns too
         readers: list[Node] = []
@@ -375,13 +462,8 @@ class Graph:
                             f"cannot erase {n.op}: output {out.index} is still used by {user.op}",
                             op=n.op, scope=n.meta.scope, source=n.meta.source,
                             hint="replace the uses first (value.replace_all_uses_with)")
-        touched: dict[int, Value] = {}
         for r in readers:
-            for v in r.inputs:
-                touched.setdefault(id(v), v)
-            r.inputs = []
-        for v in touched.values():
-            v.uses = [u for u in v.uses if id(u[0]) not in gone]
+            r.drop_inputs()
         for n in top:
             if n.block is not None:
                 n.block._unlink(n)

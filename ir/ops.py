@@ -117,7 +117,10 @@ def split_op_name(name: str) -> tuple[str, str, str]:
     return ns, base, overload or "default"
 
 
-def _torch_opdef(name: str) -> OpDef:
+def overload_of(name: str) -> "torch._ops.OpOverload":
+    """The torch ``OpOverload`` an op name means (``"aten::add.Tensor"`` ->
+    ``torch.ops.aten.add.Tensor``; no overload -> ``.default``). The one place that
+    resolves names against ``torch.ops``; raises ``DexportError`` for unknown ones."""
     ns, base, overload_name = split_op_name(name)
     try:
         packet = getattr(getattr(torch.ops, ns), base)
@@ -127,12 +130,17 @@ def _torch_opdef(name: str) -> OpDef:
             hint="ATen ops use torch's schema name with overload (e.g. 'aten::add.Tensor'); "
                  "register custom ops with torch.library or dexport.ir.ops.register_op") from None
     try:
-        overload = getattr(packet, overload_name)
+        return getattr(packet, overload_name)
     except (AttributeError, RuntimeError):
         known = ", ".join(f"{ns}::{base}" + ("" if o == "default" else f".{o}")
                           for o in packet.overloads())
         raise DexportError(f"op {name!r} has no overload {overload_name!r}", op=name,
                            hint=f"use one of: {known}") from None
+
+
+def _torch_opdef(name: str) -> OpDef:
+    ns, base, overload_name = split_op_name(name)
+    overload = overload_of(name)
     schema = overload._schema
     args = schema.arguments
     variadic = "..." in str(schema)

@@ -10,6 +10,11 @@ Stages (each includes the checks of the ones before it):
   ``prim::If``/``prim::Loop`` blocks return what the node's outputs (and a loop's
   carried values) declare; ``prim::Return`` only ends blocks; ``prim::Param`` names
   exist in ``graph.params`` (when the graph has any).
+* ``"typed"``: every node's outputs agree with what its op's type rule
+  (``OpDef.type_rule``) computes from the inputs and attributes, where the op has
+  one: as many outputs, and types that do not contradict it (dtypes, ranks, int
+  dims, list/tuple/optional/record structure agree where both sides know them; a
+  symbolic or unknown dim, an unknown dtype or rank, ``Any`` agree with anything).
 * ``"tensors-only"``: no record values and no ``struct::*`` ops are left.
 * ``"backend-ready"``: every value is a tensor, a scalar (not ``Any``) or a list of
   those, so any backend can express it.
@@ -26,17 +31,23 @@ from dexport.ir.errors import DexportError, VerificationError
 from dexport.ir.graph import PARAM, RETURN, Block, Graph, Node, Value
 from dexport.ir.printer import _format_context
 from dexport.ir.types import (ListType, OptionalType, RecordType, ScalarType, TensorType,
-                              TupleType, Type)
+                              TupleType, Type, dtype_to_text)
 
-STAGES = ("captured", "tensors-only", "backend-ready")
+STAGES = ("captured", "typed", "tensors-only", "backend-ready")
+_TYPED, _TENSORS_ONLY, _BACKEND_READY = 1, 2, 3
 
 _PASS_BUG = "this is a bug in whatever built or last rewrote the graph (a pass or a frontend)"
 
 
-def verify(graph: Graph, stage: str = "captured") -> None:
-    """Check ``graph`` for ``stage``; raise ``VerificationError`` at the first problem."""
+def verify(graph: "Graph | Program", stage: str = "captured") -> None:
+    """Check ``graph`` for ``stage``; raise ``VerificationError`` at the first problem.
+    A ``Program`` is checked graph by graph, then as a whole (``Program.verify``)."""
     if stage not in STAGES:
         raise DexportError(f"unknown IR stage {stage!r}", hint=f"use one of {', '.join(STAGES)}")
+    if not isinstance(graph, Graph):
+        from dexport.ir.program import Program
+        if isinstance(graph, Program):
+            return graph.verify(stage)
     _Verifier(graph, STAGES.index(stage)).run()
 
 
@@ -117,12 +128,14 @@ class _Verifier:
                     self.walk_block(b)
                 self.check_block_results(node)
             for i, o in enumerate(node.outputs):
-                if level or o in defined or o.producer is not node or o.index != i:
+                if level >= _TENSORS_ONLY or o in defined or o.producer is not node or o.index != i:
                     self.define(o, node, i, node, local)  # the full checks, and the error
                 else:
                     defined[o] = node
                     visible.add(o)
                     local.append(o)
+            if level >= _TYPED:
+                self.check_type_rule(node)
         ret = block.return_node
         if ret.op != RETURN or ret.block is not block:
             self.fail("a block's terminator is not its own prim::Return", block)
@@ -152,7 +165,7 @@ class _Verifier:
         self.defined[v] = producer
         self.visible.add(v)
         local.append(v)
-        if self.level:
+        if self.level >= _TENSORS_ONLY:
             problem = self.type_problem(v.type)
             if problem:
                 name = self.namer(where)
@@ -191,7 +204,8 @@ class _Verifier:
 
     def check_use_lists(self) -> None:
         """Each (node, i) in a value's uses must be a walked node whose input i is the
-        value, listed once; and as many uses as input slots read the value."""
+        value (a use list holds each pair at most once by construction); and as many
+        uses as input slots read the value."""
         in_graph, reads = self.in_graph, self.reads
         hint = "change inputs only with Node/Value methods (replace_input, replace_all_uses_with)"
         for v, producer in self.defined.items():
@@ -207,10 +221,6 @@ class _Verifier:
                     name = self.namer(user)
                     self.fail(f"{name(v)} lists a use as input {i} of this node, but that input is "
                               "something else (the use list is out of sync)", user, hint=hint)
-            if len(uses) > 1 and len(set((id(u), i) for u, i in uses)) != len(uses):
-                name = self.namer(producer)
-                self.fail(f"{name(v)} lists the same use twice (the use list is out of sync)",
-                          producer, hint=hint)
             if len(uses) != reads.get(v, 0):
                 self.missing_use(v, producer, hint)
 
@@ -250,7 +260,7 @@ class _Verifier:
             if self.graph.params and name not in self.graph.params:
                 self.fail(f"prim::Param reads {name!r}, which is not in graph.params", node,
                           hint="add the tensor with graph.add_param(name, tensor), or fix the name")
-        elif self.level and op.startswith("struct::"):
+        elif self.level >= _TENSORS_ONLY and op.startswith("struct::"):
             self.fail(f"{op} is left in the graph", node, hint=self.stage_hint())
         if op == "prim::If":
             if len(node.blocks) != 2 or any(b.params for b in node.blocks):
@@ -264,6 +274,30 @@ class _Verifier:
                 self.fail(f"prim::Loop carries {carried} values, so it needs {carried} outputs and a "
                           f"body with {carried + 1} parameters (iter, carried...); it has "
                           f"{len(node.outputs)} and {len(node.blocks[0].params)}", node)
+
+    def check_type_rule(self, node: Node) -> None:
+        """After the node's outputs are defined, so a stage's own check on a value's
+        type (records, Any) speaks first."""
+        opdef = self.opdefs[node.op]
+        if opdef.type_rule is None:
+            return
+        try:
+            expected = opdef.type_rule(node)
+        except Exception as e:  # a rule that cannot read the node: its inputs or attrs are wrong
+            self.fail(f"{node.op}'s type rule cannot read this node: {type(e).__name__}: {e}", node)
+        if len(expected) != len(node.outputs):
+            self.fail(f"{node.op}'s type rule gives {len(expected)} outputs, this node has "
+                      f"{len(node.outputs)}", node)
+        for j, (out, want) in enumerate(zip(node.outputs, expected)):
+            if out.type is want or out.type == want:
+                continue
+            conflict = type_conflict(out.type, want)
+            if conflict is not None:
+                name = self.namer(node)
+                self.fail(f"output {j} {name(out)}: {out.type} contradicts {want}, which {node.op}'s "
+                          f"type rule gives ({conflict})", node,
+                          hint="give the node the output types its op computes "
+                               "(dexport.ir.ops.get_op(op).type_rule(node)); " + _PASS_BUG)
 
     @staticmethod
     def schema_note(opdef) -> str:
@@ -306,10 +340,14 @@ class _Verifier:
 
     # -- stages --------------------------------------------------------------------
     def stage_hint(self) -> str:
-        if self.level == 1:
-            return "run the staticize-instances pass first (records become plain tensor values)"
-        return ("lower structured values first (staticize-instances; tuples and optionals must be "
-                "flattened into separate values by the pipeline before a backend sees the graph)")
+        # Only capture flattens structured values today (no pass does yet).
+        if self.level == _TENSORS_ONLY:
+            return ("capture through the flattening adapter (dexport.capture(..., method=\"tracing\")): "
+                    "records in the model's inputs and outputs become schemas, not values; "
+                    "register your own classes with dexport.register_record")
+        return ("a backend takes tensors, scalars and lists of them: capture through the flattening "
+                "adapter (dexport.capture(..., method=\"tracing\")), which turns structured inputs "
+                "and outputs (records, tuples, optionals) into such values")
 
     def type_problem(self, t: Type) -> str | None:
         hit = self.type_problems.get(id(t))
@@ -320,7 +358,7 @@ class _Verifier:
     def _type_problem(self, t: Type) -> str | None:
         if _contains_record(t):
             return "records are not allowed at this stage"
-        if self.level >= 2:
+        if self.level >= _BACKEND_READY:
             elem = t.elem if isinstance(t, ListType) else t
             if isinstance(elem, ScalarType) and elem.kind == "Any":
                 return "Any is not allowed in a backend-ready graph"
@@ -346,6 +384,55 @@ def _contains_record(t: Type) -> bool:
     if isinstance(t, TupleType):
         return any(_contains_record(e) for e in t.elems)
     return False
+
+
+def type_conflict(a: Type, b: Type) -> str | None:
+    """Why no value can have both types ``a`` and ``b``, or None when they agree
+    where both say something (unknown dtype, rank, symbolic dims and ``Any`` agree
+    with anything; ``Scalar`` with int, float and bool)."""
+    if a == b:
+        return None
+    for x, y in ((a, b), (b, a)):
+        if isinstance(x, ScalarType) and (x.kind == "Any" or (
+                x.kind == "Scalar" and isinstance(y, ScalarType) and y.kind in ("int", "float", "bool"))):
+            return None
+        if isinstance(x, OptionalType) and not isinstance(y, OptionalType):
+            if isinstance(y, ScalarType) and y.kind == "None":
+                return None
+            return type_conflict(x.elem, y)
+    if isinstance(a, TensorType) and isinstance(b, TensorType):
+        if a.dtype is not None and b.dtype is not None and a.dtype != b.dtype:
+            return f"dtype {dtype_to_text(a.dtype)} vs {dtype_to_text(b.dtype)}"
+        if a.shape is None or b.shape is None:
+            return None
+        if len(a.shape) != len(b.shape):
+            return f"rank {len(a.shape)} vs {len(b.shape)}"
+        for k, (x, y) in enumerate(zip(a.shape, b.shape)):
+            if isinstance(x, int) and isinstance(y, int) and x != y:
+                return f"dim {k}: {x} vs {y}"
+        return None
+    if type(a) is not type(b):
+        return f"{type(a).__name__} vs {type(b).__name__}"
+    if isinstance(a, (ListType, OptionalType)):
+        inner = type_conflict(a.elem, b.elem)
+        return None if inner is None else f"element: {inner}"
+    if isinstance(a, TupleType):
+        if len(a.elems) != len(b.elems):
+            return f"{len(a.elems)} vs {len(b.elems)} tuple elements"
+        for k, (x, y) in enumerate(zip(a.elems, b.elems)):
+            inner = type_conflict(x, y)
+            if inner is not None:
+                return f"element {k}: {inner}"
+        return None
+    if isinstance(a, RecordType):
+        if a.kind != b.kind or [n for n, _ in a.fields] != [n for n, _ in b.fields]:
+            return f"record {a.kind} vs {b.kind} or other fields"
+        for (n, x), (_, y) in zip(a.fields, b.fields):
+            inner = type_conflict(x, y)
+            if inner is not None:
+                return f"field {n}: {inner}"
+        return None
+    return f"{a} vs {b}"
 
 
 def fits(actual: Type, declared: Type) -> bool:

@@ -1,8 +1,8 @@
 """Passes: the ``Pass`` base class, typed options, and the pass registry.
 
 A pass is a class with a registered ``name``, an ``Options`` dataclass, the IR
-properties it ``requires``, ``establishes`` and ``invalidates`` (verifier
-stages such as ``"tensors-only"`` or free-form properties), and
+properties it ``requires``, ``establishes`` and ``invalidates``, an optional
+``validate()`` of its options against what is registered, and
 ``run(graph) -> bool`` (whether it changed the graph)::
 
     @register_pass
@@ -18,6 +18,13 @@ stages such as ``"tensors-only"`` or free-form properties), and
 Options come from Python values or from the strings of a pipeline text
 (``fix-batch-dim{batch=1}``); both are checked against the field's type
 (int, float, bool, str, ``Literal[...]`` choices, ``None``, or a union of them).
+
+A property is a verifier stage (``"tensors-only"``), an observable property
+registered with ``register_property`` (a check that reads it off the graph, e.g.
+``"batch-probed"``: capture found the batch dim), or a plain name that only a
+pass can establish (e.g. ``"functional"``). ``PassManager`` checks a pipeline's
+contracts and ``validate()`` before it runs anything. ``requires`` may depend on
+the options (a property of the instance).
 """
 from __future__ import annotations
 
@@ -26,7 +33,7 @@ import difflib
 import types
 import typing
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, Callable, ClassVar, Literal
 
 from dexport.ir.errors import PassError
 from dexport.ir.graph import Graph
@@ -44,11 +51,15 @@ class Pass:
     establishes: ClassVar[tuple[str, ...]] = ()
     invalidates: ClassVar[tuple[str, ...]] = ()
     # True for passes that deliberately change what the graph takes or returns
-    # (e.g. strip-postprocess): validation compares outputs across them no more.
+    # (e.g. one that cuts post-processing out): validation compares outputs across them no more.
     changes_signature: ClassVar[bool] = False
 
     def __init__(self, **options: Any):
         self.options = parse_options(self.Options, options, owner=self.name or type(self).__name__)
+
+    def validate(self) -> None:
+        """Raise ``PassError`` if the options name something that does not exist
+        (called by ``PassManager`` on every pass before the first one runs)."""
 
     def run(self, graph: Graph) -> bool:
         """Transform ``graph`` in place; return True when anything changed."""
@@ -107,6 +118,23 @@ def pass_class(name: str) -> type[Pass]:
 def get_pass(name: str, **options: Any) -> Pass:
     """An instance of the registered pass ``name`` with ``options`` (values or strings)."""
     return pass_class(name)(**options)
+
+
+# --------------------------------------------------------------------------- properties
+
+# name -> check(graph): None when the property holds, else what is missing (with a hint)
+_PROPERTIES: dict[str, Callable[[Graph], "tuple[str, str] | None"]] = {}
+
+
+def register_property(name: str, check: Callable[[Graph], "tuple[str, str] | None"]) -> None:
+    """Make ``name`` an observable property: ``check(graph)`` returns None when it
+    holds, else ``(what is missing, what to do)``. Such a property holds before a pass
+    when the check accepts the graph (or an earlier pass established it)."""
+    _PROPERTIES[name] = check
+
+
+def property_check(name: str) -> Callable[[Graph], "tuple[str, str] | None"] | None:
+    return _PROPERTIES.get(name)
 
 
 # --------------------------------------------------------------------------- options

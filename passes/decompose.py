@@ -37,7 +37,7 @@ import torch
 from dexport.ir.errors import PassError
 from dexport.ir.fx_importer import CONSTRUCT, FxImporter, FxImportError, plan, schema_returns_list
 from dexport.ir.graph import CONSTANT, PARAM, Graph, Node, Value
-from dexport.ir.ops import get_op
+from dexport.ir.ops import get_op, overload_of
 from dexport.ir.types import TensorType
 from dexport.passes.base import Pass, register_pass
 
@@ -79,6 +79,9 @@ class Decompose(Pass):
     class Options:
         target: str = "onnx"
         only: str = ""
+
+    def validate(self) -> None:
+        target_support(self.options.target)  # a registered target, before the pipeline starts
 
     def run(self, graph: Graph) -> bool:
         supports = target_support(self.options.target)
@@ -174,7 +177,7 @@ class _Tracer:
                 if isinstance(item.type, TensorType) and item.type.shape is not None:
                     self.taken.update(d for d in item.type.shape if isinstance(d, int))
         template = [self._argument(v, i) for i, v in enumerate(node.inputs)]
-        overload = _overload(node.op)
+        overload = overload_of(node.op)
         positional = [a for a in schema.arguments if not a.kwarg_only]
         keywords = [a.name for a in schema.arguments if a.kwarg_only]
 
@@ -266,12 +269,6 @@ def _fill(template: Any, tensors: tuple) -> Any:
     if isinstance(template, list):
         return [_fill(t, tensors) for t in template]
     return template
-
-
-def _overload(name: str):
-    ns, _, rest = name.partition("::")
-    base, _, overload = rest.partition(".")
-    return getattr(getattr(getattr(torch.ops, ns), base), overload or "default")
 
 
 # --------------------------------------------------------------------------- planning and splicing

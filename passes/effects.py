@@ -19,7 +19,7 @@ import torch
 
 from dexport.ir.errors import DexportError
 from dexport.ir.graph import Graph, Node
-from dexport.ir.ops import get_op, has_op, split_op_name
+from dexport.ir.ops import get_op, has_op, overload_of
 
 # Ops that must run even when their results are unused.
 SIDE_EFFECT_OPS = frozenset({
@@ -49,10 +49,9 @@ def op_effects(op: str) -> OpEffects:
     if schema is None:  # dexport-owned: pure unless listed
         return OpEffects(op in SIDE_EFFECT_OPS, False, False)
     mutates = bool(schema.is_mutable)
-    ns, base, overload = split_op_name(op)
     try:
-        tags = getattr(getattr(getattr(torch.ops, ns), base), overload).tags
-    except (AttributeError, RuntimeError, DexportError):
+        tags = overload_of(op).tags
+    except DexportError:
         tags = ()
     random = torch.Tag.nondeterministic_seeded in tags
     return OpEffects(mutates or op in SIDE_EFFECT_OPS, mutates, random)

@@ -32,7 +32,7 @@ from dexport.ir.dims import DimExpr, parse_dim
 from dexport.ir.errors import IRParseError, PassError
 from dexport.ir.graph import CONSTANT, Graph, Meta, Node, Value
 from dexport.ir.types import INT, ListType, TensorType
-from dexport.passes.base import Pass, register_pass
+from dexport.passes.base import Pass, register_pass, register_property
 
 __all__ = ["FixBatchDim", "SIZE_TAG", "DATA_DEPENDENT_OPS", "is_data_dependent"]
 
@@ -87,6 +87,18 @@ def _values(graph: Graph):
             yield from block.params
 
 
+def _batch_probed(graph: Graph) -> tuple[str, str] | None:
+    """The ``batch-probed`` property: some input has the symbolic batch dim N, which
+    capture with probe inputs at other batch sizes gives."""
+    if "N" in FixBatchDim._input_symbols(graph):
+        return None
+    inputs = ", ".join(str(v.type) for v in graph.inputs)
+    return (f"the graph's inputs ({inputs}) have no symbolic batch dim N",
+            "capture with probe_inputs at other batch sizes "
+            "(dexport.capture(model, inputs, probe_inputs=[...])) so sizes baked in by the "
+            "trace are found and dim 0 becomes N")
+
+
 @register_pass
 class FixBatchDim(Pass):
     """See the module docstring. Idempotent: a second run finds nothing to do."""
@@ -96,6 +108,10 @@ class FixBatchDim(Pass):
     class Options:
         batch: int | Literal["dynamic"] = "dynamic"
         resolution: Literal["dynamic", "fixed"] = "dynamic"
+
+    @property
+    def requires(self) -> tuple[str, ...]:
+        return ("batch-probed",) if self.options.batch == "dynamic" else ()
 
     def run(self, graph: Graph) -> bool:
         symbols = self._input_symbols(graph)
@@ -138,12 +154,9 @@ class FixBatchDim(Pass):
         batch, resolution = self.options.batch, self.options.resolution
         inputs = ", ".join(str(v.type) for v in graph.inputs)
         bindings = {}
-        if batch == "dynamic" and "N" not in symbols:
-            raise PassError(
-                f"fix-batch-dim{{batch=dynamic}}: the graph's inputs ({inputs}) have no symbolic "
-                "batch dim N", hint="capture with probe_inputs at other batch sizes "
-                "(dexport.capture(model, inputs, probe_inputs=[...])) so sizes baked in by the "
-                "trace are found and dim 0 becomes N")
+        if batch == "dynamic" and "N" not in symbols:  # run on its own, without the manager
+            what, hint = _batch_probed(graph)
+            raise PassError(f"fix-batch-dim{{batch=dynamic}}: {what}", hint=hint)
         if batch != "dynamic":
             if "N" in symbols:
                 bindings["N"] = batch
@@ -186,6 +199,9 @@ class FixBatchDim(Pass):
                     if not isinstance(expr, DimExpr) or any(s not in symbols for s in expr.symbols):
                         return False
         return True
+
+
+register_property("batch-probed", _batch_probed)
 
 
 class _ShapeBuilder:

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from dexport.ir.errors import DexportError
-from dexport.ir.graph import CONSTANT, PARAM, Graph, Node, Value
+from dexport.ir.graph import CONSTANT, PARAM, SMALL_TENSOR_NUMEL, Graph, Node, Value
 from dexport.ir.interpreter import evaluate_node
 from dexport.ir.types import TensorType, tensor_type_of
 from dexport.passes.base import Pass, register_pass
@@ -50,7 +50,7 @@ class FoldConstants(Pass):
     @dataclass(frozen=True)
     class Options:
         max_elements: int = 1_000_000  # never fold a tensor output bigger than this
-        inline_elements: int = 16      # tensors up to this size become prim::Constant
+        inline_elements: int = SMALL_TENSOR_NUMEL  # tensors up to this size become prim::Constant
 
     def run(self, graph: Graph) -> bool:
         if graph_mutates(graph):

@@ -1,7 +1,7 @@
 """PassManager: run a pipeline of passes with instruments around each pass.
 
 A pipeline is a list of pass names / ``Pass`` objects, or a text such as
-``"staticize-instances,fix-batch-dim{batch=dynamic},cse,dce"`` (options in
+``"fix-batch-dim{batch=dynamic},cse,dce"`` (options in
 braces, values unquoted or quoted with ``"``). Instruments are small objects
 with ``before_pipeline`` / ``before_pass`` / ``after_pass`` hooks; the
 built-in ones time passes, verify after each pass, dump the IR before and
@@ -25,7 +25,7 @@ from dexport.ir.graph import Graph
 from dexport.ir.interpreter import run as run_graph
 from dexport.ir.printer import print_graph
 from dexport.ir.verifier import STAGES, verify
-from dexport.passes.base import Pass, get_pass, pass_class, registered
+from dexport.passes.base import Pass, get_pass, pass_class, property_check, registered
 
 # --------------------------------------------------------------------------- pipeline text
 
@@ -195,13 +195,14 @@ class DumpInstrument(Instrument):
 
 
 class VerifyInstrument(Instrument):
-    """Runs the verifier after each pass at the strictest stage the manager knows holds."""
+    """Runs the verifier after each pass at the strictest stage the manager knows
+    holds, and at least ``typed`` (every node agrees with its op's type rule)."""
 
     def __init__(self, manager: "PassManager"):
         self.manager = manager
 
     def after_pass(self, index, p, graph, record):
-        stage = self.manager.current_stage()
+        stage = max(self.manager.current_stage(), "typed", key=STAGES.index)
         try:
             verify(graph, stage=stage)
         except DexportError as e:
@@ -240,7 +241,7 @@ class ValidateInstrument(Instrument):
                             op=e.op, scope=e.scope, source=e.source, context=e.context,
                             hint=f"this is a bug in pass {p.name!r}") from e
         if not p.changes_signature:
-            problem = compare_outputs(self.reference, outputs, self.atol)
+            problem = first_difference(self.reference, outputs, self.atol)
             if problem is not None:
                 raise PassError(f"{where} changed the graph's outputs on the sample inputs: {problem}",
                                 hint=f"this is a bug in pass {p.name!r}; dump the IR around it "
@@ -248,15 +249,23 @@ class ValidateInstrument(Instrument):
         self.reference = outputs
 
 
-def _max_abs_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Largest |a - b|; equal entries (infinities, NaN against NaN) count 0, a NaN against a number inf."""
-    if a.numel() == 0:
-        return 0.0
-    wide = torch.complex128 if a.is_complex() else torch.float64
+def abs_errors(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Elementwise |a - b| in float64 (broadcast): equal entries (infinities, NaN
+    against NaN) are 0, a NaN against a number or an infinity against another value
+    is inf. The one definition of "how far apart" that validation, verification and
+    bisection share."""
+    wide = torch.complex128 if a.is_complex() or b.is_complex() else torch.float64
     a, b = a.detach().to(wide), b.detach().to(wide)
     same = (a == b) | (torch.isnan(a) & torch.isnan(b))
     diff = torch.where(same, 0.0, (a - b).abs())
-    return float(torch.nan_to_num(diff, nan=math.inf).max())
+    return torch.nan_to_num(diff, nan=math.inf, posinf=math.inf)
+
+
+def max_abs_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The largest of ``abs_errors(a, b)``; 0 for empty tensors."""
+    if a.numel() == 0:
+        return 0.0
+    return float(abs_errors(a, b).max())
 
 
 def _compare(a: Any, b: Any, path: str, atol: float) -> str | None:
@@ -265,7 +274,7 @@ def _compare(a: Any, b: Any, path: str, atol: float) -> str | None:
             return f"output {path} changed shape from {tuple(a.shape)} to {tuple(b.shape)}"
         if a.dtype != b.dtype:
             return f"output {path} changed dtype from {a.dtype} to {b.dtype}"
-        err = _max_abs_error(a, b)
+        err = max_abs_error(a, b)
         if err > atol:
             return f"output {path} differs by max abs error {err:.6g} (atol {atol:g})"
         return None
@@ -282,7 +291,7 @@ def _compare(a: Any, b: Any, path: str, atol: float) -> str | None:
     return None
 
 
-def compare_outputs(before: Sequence[Any], after: Sequence[Any], atol: float) -> str | None:
+def first_difference(before: Sequence[Any], after: Sequence[Any], atol: float) -> str | None:
     """None if ``after`` matches ``before`` within ``atol``, else what differs
     first (output index, max abs error)."""
     if len(before) != len(after):
@@ -302,8 +311,11 @@ class PassManager:
     ``assume`` names the IR properties (or verifier stages) already known to
     hold. A pass's ``requires`` must hold when it starts: a property holds if it
     was assumed or established by an earlier pass and not invalidated since
-    (by a pass that changed the graph); a verifier stage also holds if the
-    verifier accepts the graph at that stage.
+    (by a pass that changed the graph); a verifier stage or an observable
+    property (``register_property``) also holds if its check accepts the graph.
+    Before anything runs, ``run`` checks the whole pipeline: every pass's
+    ``validate()``, and that each plain property a pass requires is assumed or
+    established by an earlier pass (``check_pipeline``).
     """
 
     def __init__(self, pipeline: str | Sequence[str | Pass], *, verify_each: bool = False,
@@ -341,6 +353,25 @@ class PassManager:
         if prop in STAGES:  # verifier stages are nested: a stage implies the looser ones
             self.established.update(STAGES[:STAGES.index(prop)])
 
+    def check_pipeline(self) -> None:
+        """The static part of the contracts, before any pass runs: each pass's
+        options are valid, and each plain property (not a verifier stage nor
+        observable on the graph) that a pass requires is assumed or established by
+        an earlier pass of the pipeline."""
+        promised = set(self.assume)
+        for index, p in enumerate(self.passes):
+            try:
+                p.validate()
+            except PassError as e:
+                raise PassError(f"pass {p.spec()!r} (#{index} in the pipeline): {e.what}",
+                                hint=e.hint) from None
+            for prop in p.requires:
+                if prop in promised or prop in STAGES or property_check(prop) is not None:
+                    continue
+                raise PassError(f"pass {p.spec()!r} (#{index} in the pipeline) requires {prop!r}, "
+                                f"which no earlier pass establishes", hint=self._establishers_hint(prop))
+            promised.update(p.establishes)
+
     def _check_requires(self, index: int, p: Pass, graph: Graph) -> None:
         for prop in p.requires:
             if prop in self.established:
@@ -355,6 +386,15 @@ class PassManager:
                                     hint=self._establishers_hint(prop)) from e
                 self._establish(prop)
                 continue
+            check = property_check(prop)
+            if check is not None:
+                missing = check(graph)
+                if missing is None:
+                    self._establish(prop)
+                    continue
+                what, hint = missing
+                raise PassError(f"pass {p.spec()!r} (#{index} in the pipeline) requires {prop!r}: "
+                                f"{what}", hint=hint)
             raise PassError(f"pass {p.spec()!r} (#{index} in the pipeline) requires {prop!r}, "
                             f"which no earlier pass established", hint=self._establishers_hint(prop))
 
@@ -366,6 +406,7 @@ class PassManager:
         return f"no registered pass establishes {prop!r}; pass assume=[{prop!r}] if it holds"
 
     def run(self, graph: Graph) -> PassResult:
+        self.check_pipeline()
         self.established = set()
         for prop in self.assume:
             self._establish(prop)

@@ -22,11 +22,8 @@ from typing import Any, Callable
 import torch
 
 from dexport.ir.errors import CaptureError
-from dexport.ir.graph import CONSTANT, PARAM, Block, Graph, Meta, Node, Value
+from dexport.ir.graph import CONSTANT, PARAM, SMALL_TENSOR_NUMEL, Block, Graph, Meta, Node, Value
 from dexport.ir.ops import has_op, ir_type_from_jit, registered_ops, type_of_constant
-
-# Tensor constants up to this many elements stay attributes; larger ones become params.
-SMALL_CONSTANT_NUMEL = 8
 
 
 # The integer codes TorchScript uses for these enums, as the torch objects they mean.
@@ -138,7 +135,7 @@ class JitImporter:
         meta = self._meta(node)
         if isinstance(value, torch.Tensor):
             value = value.detach()
-            if value.numel() > SMALL_CONSTANT_NUMEL:
+            if value.numel() > SMALL_TENSOR_NUMEL:
                 name = self.graph.unique_param_name(f"_const.{self.num_consts}")
                 self.num_consts += 1
                 self.values[out.unique()] = self._add_param(name, value, meta)
@@ -215,4 +212,4 @@ class JitImporter:
                      "(torch.library for kernels, dexport.ir.ops.register_op for dexport-owned ops)")
 
 
-__all__ = ["SMALL_CONSTANT_NUMEL", "JitImporter"]
+__all__ = ["JitImporter"]

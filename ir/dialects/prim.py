@@ -71,8 +71,22 @@ def _loop_kernel(node, max_trip, cond, *carried):
     return run_loop(node, max_trip, cond, carried)
 
 
+_WRAPPED_NUMBER_DTYPES = {bool: torch.bool, int: torch.int64, float: torch.float64}
+
+
+def _constant_type(node):
+    value = node.attrs["value"]
+    declared = node.outputs[0].type if len(node.outputs) == 1 else None
+    # A trace records the number in `x + 0.5` as a 0-d tensor constant holding the
+    # Python number (a "wrapped number": it does not take part in type promotion).
+    if (isinstance(declared, TensorType) and declared.shape == ()
+            and _WRAPPED_NUMBER_DTYPES.get(type(value)) == declared.dtype):
+        return [declared]
+    return [type_of_constant(value)]
+
+
 register_op("prim::Constant", num_inputs=0, num_outputs=1, kernel=_constant_kernel,
-            type_rule=lambda node: [type_of_constant(node.attrs["value"])],
+            type_rule=_constant_type,
             doc="The constant attrs['value'].")
 register_op("prim::Param", num_inputs=0, num_outputs=1, kernel=_param_kernel,
             type_rule=_param_type, doc="The tensor graph.params[attrs['name']].")

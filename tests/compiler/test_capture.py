@@ -215,8 +215,9 @@ class WithConstants(nn.Module):
         self.a = nn.Linear(4, 4)
         self.b = nn.Linear(4, 4)
         self.b.weight = self.a.weight  # tied: stored once
-        self.table = torch.linspace(0, 1, 16).reshape(4, 4)  # plain attribute: a traced constant
-        self.offset = torch.tensor([0.5, -0.5, 1.0, 2.0])
+        # plain attributes: traced constants, a big one (> SMALL_TENSOR_NUMEL) and a small one
+        self.table = torch.linspace(0, 1, 32).reshape(4, 8)
+        self.offset = torch.tensor([0.5, -0.5, 1.0, 2.0, 0.0, 1.5, -1.0, 3.0])
 
     def forward(self, x):
         y = self.b(self.a(x)) @ self.table + self.offset

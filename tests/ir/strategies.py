@@ -3,7 +3,7 @@
 Import as ``from tests.ir.strategies import graphs, runnable_graphs`` (the suite
 runs with ``python -m pytest`` from the repository root).
 
-* ``graphs()``: structurally valid graphs (they pass ``verify(g, "captured")``) with
+* ``graphs()``: structurally valid graphs (they pass ``verify(g, "typed")``) with
   random ops, types, attributes, meta, name hints (clashing and unusable ones too)
   and nested ``prim::If``/``prim::Loop`` blocks. The ops are ``hyp::*`` names
   registered here as variadic ops without a kernel: for the printer, parser,
@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from dexport.ir import (ANY, BOOL, INT, DexportError, Graph, ListType, Meta, OptionalType,
                         RecordType, ScalarType, TensorType, TupleType)
-from dexport.ir.ops import has_op, register_op
+from dexport.ir.ops import has_op, register_op, type_of_constant
 from dexport.ir.types import SCALAR_KINDS
 
 # --------------------------------------------------------------------------- ops
@@ -169,7 +169,7 @@ def _picks(draw, values, max_size, min_size=0):
 
 @st.composite
 def graphs(draw, max_nodes: int = 10, max_depth: int = 2):
-    """A graph that passes ``verify(g, "captured")``; see the module docstring."""
+    """A graph that passes ``verify(g, "typed")``; see the module docstring."""
     g = Graph()
     for _ in range(draw(st.integers(0, 3))):
         g.add_input(draw(types()), draw(name_hints()))
@@ -196,9 +196,10 @@ def _fill(draw, g, block, visible, n_nodes, depth):
             inputs = _picks(draw, visible, 4) if visible else []
             node = _node(draw, g, block, draw(st.sampled_from(HYP_OPS)), inputs,
                          draw(st.lists(types(), max_size=3)), draw(attr_dicts()))
-        elif kind == "constant":
-            node = _node(draw, g, block, "prim::Constant", [], [draw(types())],
-                         {"value": draw(attr_values())})
+        elif kind == "constant":  # typed by its value, as the typed stage wants
+            value = draw(attr_values())
+            node = _node(draw, g, block, "prim::Constant", [], [type_of_constant(value)],
+                         {"value": value})
         elif kind == "param":
             name = draw(st.sampled_from(["w", "conv.weight", "fpn.p2.bias"]))
             g.params.setdefault(name, torch.zeros(2))

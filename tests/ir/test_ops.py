@@ -162,3 +162,14 @@ def test_generic_list_ops_run_on_python_lists():
     assert same is lst and lst == [3, 4, 5, 7]  # mutates, as in TorchScript
     get_op("aten::_set_item.t").kernel(None, lst, 0, 9)
     assert get_op("aten::pop.t").kernel(None, lst, 0) == (9,) and lst == [4, 5, 7]
+
+
+def test_overload_of_resolves_op_names_against_torch_ops():
+    from dexport.ir.ops import overload_of
+    assert overload_of("aten::add.Tensor") is torch.ops.aten.add.Tensor
+    assert overload_of("aten::relu") is torch.ops.aten.relu.default
+    with pytest.raises(DexportError, match="unknown op 'aten::no_such_op'"):
+        overload_of("aten::no_such_op")
+    with pytest.raises(DexportError, match="has no overload 'Nope'") as err:
+        overload_of("aten::add.Nope")
+    assert "aten::add.Tensor" in err.value.hint

@@ -1,4 +1,6 @@
 """The verifier: every check on its own, the stages, and what an error message says."""
+import re
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -51,14 +53,14 @@ def _fails(g, match, stage="captured"):
 
 def test_a_good_graph_passes_every_stage():
     g = _graph()
-    for stage in ("captured", "tensors-only", "backend-ready"):
+    for stage in ("captured", "typed", "tensors-only", "backend-ready"):
         verify(g, stage)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(graphs())
 def test_generated_graphs_verify(g):
-    verify(g)
+    verify(g, "typed")
 
 
 @settings(max_examples=30, deadline=None)
@@ -110,7 +112,7 @@ def test_a_nodes_block_cannot_see_the_nodes_own_outputs():
 def test_an_input_missing_from_the_use_list():
     g = _graph()
     relu = _node(g, "aten::relu")
-    relu.inputs[0] = g.inputs[0]  # bypasses the graph methods: %x's uses are not told
+    relu._inputs = (g.inputs[0],)  # bypasses the graph methods: %x's uses are not told
     err = _fails(g, "this node reads %x as input 0, but the value's use list does not say so")
     assert err.op == "aten::relu" and "use list is out of sync" in err.what
 
@@ -118,7 +120,7 @@ def test_an_input_missing_from_the_use_list():
 def test_a_use_that_points_at_another_input():
     g = _graph()
     relu = _node(g, "aten::relu")
-    g.inputs[1].uses.append((relu, 0))  # %c claims relu's input 0, which is %a
+    g.inputs[1].uses._d[(relu, 0)] = None  # %c claims relu's input 0, which is %a
     _fails(g, "%c lists a use as input 0 of this node, but that input is something else")
 
 
@@ -131,12 +133,18 @@ def test_a_use_by_a_node_that_is_not_in_the_graph():
     _fails(g, "%a lists a use by aten::relu, which is not in the graph")
 
 
-def test_a_use_listed_twice():
+def test_node_inputs_and_use_lists_are_read_only():
     g = _graph()
     relu = _node(g, "aten::relu")
-    a = relu.inputs[0]
-    a.uses.append((relu, 0))
-    _fails(g, "%a lists the same use twice")
+    with pytest.raises(TypeError):
+        relu.inputs[0] = g.inputs[0]
+    with pytest.raises(AttributeError):
+        relu.inputs = (g.inputs[0],)
+    with pytest.raises(AttributeError):
+        relu.inputs[0].uses.append((relu, 0))
+    with pytest.raises(AttributeError):
+        g.inputs[0].uses = []
+    verify(g)  # nothing got through
 
 
 # --------------------------------------------------------------------------- ops and arity
@@ -276,11 +284,91 @@ def test_return_only_as_terminator():
     _fails(g, "prim::Return in the middle of a block")
 
 
+# --------------------------------------------------------------------------- typed
+
+def test_a_wrongly_typed_node_fails_the_typed_stage():
+    g = parse("""graph(%x: f32[2]) {
+  %n: int = prim::Constant() {value=2}
+  %l: list[int] = prim::ListConstruct(%n, %n)
+  %s: f32[2] = aten::size.int(%x, %n)  # backbone.stem @ models/backbone.py:7
+  return (%s)
+}
+""")
+    verify(g, "captured")  # the structure is fine
+    err = _fails(g, r"typed IR: output 0 %s: f32\[2\] contradicts int, which aten::size.int's type rule "
+                    r"gives \(TensorType vs ScalarType\)", "typed")
+    assert err.op == "aten::size.int" and err.scope == "backbone.stem"
+    assert err.source == "models/backbone.py:7" and ">>   %s: f32[2] = aten::size.int" in err.context
+    _fails(g, "contradicts", "backend-ready")  # the later stages include it
+
+
+@pytest.mark.parametrize("declared, rule_text, reason", [
+    ("i64[2]", "f32[2]", "dtype i64 vs f32"),
+    ("f32[2,1]", "f32[2]", "rank 2 vs 1"),
+    ("f32[3]", "f32[2]", "dim 0: 3 vs 2"),
+])
+def test_dtype_rank_and_int_dims_must_agree_with_the_rule(declared, rule_text, reason):
+    g = parse(f"""graph(%x: f32[2]) {{
+  %t: {declared} = prim::Constant() {{value=tensor({rule_text}, [1.0, 2.0])}}
+  return (%t)
+}}
+""".replace("[1.0, 2.0]", "[1.0, 2.0]"))
+    _fails(g, re.escape(f"({reason})"), "typed")
+
+
+def test_unknown_and_symbolic_dims_agree_with_anything_consistent():
+    from dexport.ir.verifier import type_conflict
+    from dexport.ir import parse_type as t
+    for a, b in [("f32[N,3]", "f32[2,3]"), ("f32[?,3]", "f32[2,?]"), ("Tensor", "f32[2]"),
+                 ("Scalar", "float"), ("Any", "list[int]"), ("optional[int]", "None"),
+                 ("optional[int]", "int"), ("list[Tensor]", "list[f32[2]]"),
+                 ("tuple[f32[N], int]", "tuple[Tensor, int]")]:
+        assert type_conflict(t(a), t(b)) is None and type_conflict(t(b), t(a)) is None, (a, b)
+    assert type_conflict(t("f32[N,3]"), t("f32[N,4]")) == "dim 1: 3 vs 4"
+    assert type_conflict(t("tuple[int, int]"), t("tuple[int]")) == "2 vs 1 tuple elements"
+    assert type_conflict(t("list[int]"), t("list[float]")) == "element: int vs float"
+
+
+def test_a_traced_wrapped_number_is_a_typed_constant():
+    g = parse("""graph(%x: f32[2]) {
+  %h: f64[] = prim::Constant() {value=0.5}
+  %one: int = prim::Constant() {value=1}
+  %y: f32[2] = aten::add.Tensor(%x, %h, %one)
+  return (%y)
+}
+""")
+    verify(g, "typed")
+    _fails(parse(str(g).replace("f64[] = prim::Constant() {value=0.5}", "i64[] = prim::Constant() {value=0.5}")),
+           r"contradicts float", "typed")
+
+
+def test_a_wrong_number_of_outputs_for_the_rule():
+    from dexport.ir.ops import has_op, register_op
+    if not has_op("test::two_ints"):
+        register_op("test::two_ints", num_inputs=0, num_outputs=None, kernel=lambda node: (1, 2),
+                    type_rule=lambda node: [INT, INT])
+    g = parse("""graph() {
+  %a: int, %b: int = test::two_ints()
+  %c: int = test::two_ints()
+  return (%a, %c)
+}
+""")
+    _fails(g, "test::two_ints's type rule gives 2 outputs, this node has 1", "typed")
+
+
 # --------------------------------------------------------------------------- stages
 
-def _with(typ=None, op="prim::Constant", attrs=None, inputs=()):
+def _untyped_op() -> str:
+    """An op without a type rule: any output type passes the typed stage."""
+    from dexport.ir.ops import has_op, register_op
+    if not has_op("test::untyped"):
+        register_op("test::untyped", num_inputs=None, num_outputs=None, kernel=lambda node: ())
+    return "test::untyped"
+
+
+def _with(typ=None, op=None, attrs=None, inputs=()):
     g = _graph()
-    node = g.create_node(op, list(inputs), [typ] if typ is not None else [], attrs or {"value": 0},
+    node = g.create_node(op or _untyped_op(), list(inputs), [typ] if typ is not None else [], attrs or {},
                          Meta("heads.mask", "models/heads.py:3"), before=g.block.return_node)
     return g, node
 
@@ -292,7 +380,7 @@ def test_records_are_captured_but_not_tensors_only():
     g, _ = _with(RECORD)
     verify(g, "captured")
     err = _fails(g, "has type record Instances{scores: f32\\[2\\]}: records are not allowed", "tensors-only")
-    assert "staticize-instances" in err.hint and err.scope == "heads.mask"
+    assert "dexport.register_record" in err.hint and err.scope == "heads.mask"
 
 
 def test_records_nested_in_lists_are_not_tensors_only():
@@ -333,5 +421,5 @@ def test_backend_ready_values(typ, ok):
 def test_any_corrupted_use_list_is_caught(case):
     g, _ = case
     node = list(g.nodes())[-1]
-    node.outputs[0].uses.append((node, 0))  # a use that the node does not have
+    node.outputs[0].uses._d[(node, 0)] = None  # a use that the node does not have
     _fails(g, "use list is out of sync|lists a use")

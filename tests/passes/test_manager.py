@@ -8,7 +8,7 @@ import torch
 from dexport.ir import PassError, parse_type
 from dexport.ir.parser import parse
 from dexport.ir.printer import print_graph
-from dexport.passes import Instrument, Pass, PassManager, parse_pipeline
+from dexport.passes import Instrument, Pass, PassManager, get_pass, parse_pipeline
 
 TEXT = """graph(%x: f32[2,3]) {
   %one: int = prim::Constant() {value=1}
@@ -252,6 +252,57 @@ def test_a_pass_that_changed_the_graph_invalidates():
     PassManager([MakesFrozen(), Thaws(), NeedsFrozen()]).run(g)
 
 
+class Counts(Pass):
+    """Records that it ran."""
+    name = "counts"
+    runs = 0
+
+    def run(self, graph):
+        Counts.runs += 1
+        return False
+
+
+def test_an_unmet_requirement_fails_before_any_pass_runs():
+    Counts.runs = 0
+    with pytest.raises(PassError) as err:
+        PassManager([Counts(), NeedsFrozen(), MakesFrozen()]).run(_graph())
+    e = err.value
+    assert "pass 'needs-frozen' (#1 in the pipeline) requires 'frozen', which no earlier pass establishes" in e.what
+    assert e.hint.startswith("no registered pass establishes 'frozen'")
+    assert Counts.runs == 0  # nothing ran
+
+
+def test_the_hint_names_the_registered_pass_that_establishes_it():
+    from dexport.passes.base import _REGISTRY, register_pass
+    try:
+        register_pass(MakesFrozen)
+        with pytest.raises(PassError) as err:
+            PassManager([NeedsFrozen()]).run(_graph())
+        assert err.value.hint == "run one of these passes before it: makes-frozen"
+    finally:
+        _REGISTRY.pop("makes-frozen", None)
+
+
+def test_decompose_with_an_unknown_target_fails_before_any_pass_runs():
+    Counts.runs = 0
+    with pytest.raises(PassError, match=r"pass 'decompose\{target=nowhere\}' \(#1 in the pipeline\): "
+                                        r"decompose: unknown target 'nowhere'"):
+        PassManager([Counts(), get_pass("decompose", target="nowhere")]).run(_graph())
+    assert Counts.runs == 0
+
+
+def test_fix_batch_dim_dynamic_requires_a_probed_batch():
+    g = _graph()  # inputs f32[2,3]: no symbolic N
+    with pytest.raises(PassError, match=r"pass 'fix-batch-dim' \(#0 in the pipeline\) requires "
+                                        r"'batch-probed': the graph's inputs \(f32\[2,3\]\) have no "
+                                        r"symbolic batch dim N") as err:
+        PassManager("fix-batch-dim").run(g)
+    assert "probe_inputs" in err.value.hint
+    assert get_pass("fix-batch-dim", batch=2).requires == ()
+    g = parse(TEXT.replace("f32[2,3]", "f32[N,3]"))
+    PassManager("fix-batch-dim,dce").run(g)  # the check reads the property off the graph
+
+
 def test_a_stage_requirement_is_checked_with_the_verifier():
     class NeedsTensorsOnly(Nothing):
         name = "needs-tensors-only"
@@ -278,7 +329,7 @@ def test_verify_each_names_the_broken_pass_with_the_verifier_message(tmp_path):
     with pytest.raises(PassError) as err:
         pm.run(g)
     e = err.value
-    assert e.what.startswith("pass 'use-before-def' (#1 in the pipeline) left a graph that fails the 'captured' verifier: ")
+    assert e.what.startswith("pass 'use-before-def' (#1 in the pipeline) left a graph that fails the 'typed' verifier: ")
     assert e.op == "aten::relu" and ">>" in e.context
     # the after-dump of the broken pass is written before the verifier runs
     assert (tmp_path / "001_use-before-def.after.ir").exists()
@@ -324,3 +375,21 @@ def test_verify_each_checks_the_strictest_established_stage():
     PassManager([MakesRecord()], verify_each=True).run(_graph())
     with pytest.raises(PassError, match="fails the 'tensors-only' verifier"):
         PassManager([MakesRecord()], verify_each=True, assume=["tensors-only"]).run(_graph())
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+def test_max_abs_error_counts_equal_specials_as_equal_and_nan_as_infinite():
+    from dexport.passes import abs_errors, max_abs_error
+    inf, nan = float("inf"), float("nan")
+    a = torch.tensor([1.0, inf, nan, -inf])
+    assert max_abs_error(a, a.clone()) == 0.0
+    assert max_abs_error(torch.tensor([1.0, 2.0]), torch.tensor([1.5, 2.0], dtype=torch.float64)) == 0.5
+    assert abs_errors(torch.tensor([nan, 1.0, inf]), torch.tensor([1.0, 1.0, 2.0])).tolist() == [inf, 0.0, inf]
+    assert max_abs_error(torch.empty(0), torch.empty(0)) == 0.0
+    assert max_abs_error(torch.tensor([3], dtype=torch.int64), torch.tensor([1], dtype=torch.int64)) == 2.0
+
+
+def test_the_inline_threshold_has_one_home():
+    from dexport.ir.graph import SMALL_TENSOR_NUMEL
+    assert get_pass("fold-constants").options.inline_elements == SMALL_TENSOR_NUMEL
