@@ -26,7 +26,8 @@ def capture(model: torch.nn.Module, example_inputs: Any, method: str = "tracing"
     turn on differential capture (``dexport.frontends.probes``) for a frontend that
     needs it (``Frontend.needs_probes``): the graph gets symbolic dims and size-derived
     constants are tagged for the ``fix-batch-dim`` pass. A frontend that does not bake
-    sizes in ignores them.
+    sizes in ignores them. Third-party detection ops are replaced by dexport's
+    (``dexport.passes.thirdparty``).
     """
     frontend = get_frontend(method)
 
@@ -34,8 +35,13 @@ def capture(model: torch.nn.Module, example_inputs: Any, method: str = "tracing"
         return frontend.capture(model, inputs, inference_func=inference_func)
     if probe_inputs is not None and frontend.needs_probes:
         from dexport.frontends.probes import capture_with_probes
-        return capture_with_probes(run, model, example_inputs, probe_inputs, inference_func)
-    graph = run(model, example_inputs, inference_func)
-    if frontend.needs_probes:  # a frontend that records one path is also checked on other content
-        probe_content(run, model, [example_inputs], [graph], inference_func)
+        graph = capture_with_probes(run, model, example_inputs, probe_inputs, inference_func)
+    else:
+        graph = run(model, example_inputs, inference_func)
+        if frontend.needs_probes:  # a frontend that records one path is also checked on other content
+            probe_content(run, model, [example_inputs], [graph], inference_func)
+    # Other libraries' detection ops (torchvision::nms, ...) become dexport's own here, so
+    # every backend, pipeline and `--check` sees one set of detection ops.
+    from dexport.passes.thirdparty import ThirdPartyOps
+    ThirdPartyOps().run(graph)
     return graph

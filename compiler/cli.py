@@ -51,22 +51,42 @@ def load_model(spec: str, weights: str | None = "default"):
     if not attr:
         raise DexportError(f"--model {spec!r} is neither zoo:NAME nor package.module:factory",
                            hint="e.g. --model zoo:mask_rcnn_tiny or --model mypkg.models:build")
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as e:
-        raise DexportError(f"cannot load {spec!r}: {e}", hint="check that the module is importable "
-                           "from the current directory and defines the factory") from None
-    if not callable(factory):
-        raise DexportError(f"factory {spec} is a {type(factory).__name__}, not a callable", hint=FACTORY_CONTRACT)
-    try:
-        made = factory()
-    except DexportError:
-        raise
-    except Exception as e:  # the user's code: its failure is theirs to fix, with its message
-        where = traceback.extract_tb(e.__traceback__)[-1]
-        raise DexportError(f"factory {spec} raised {type(e).__name__}: {e}", source=f"{where.filename}:{where.lineno}",
-                           hint=f"fix the factory; {FACTORY_CONTRACT}") from None
+    with _current_directory_first():
+        try:
+            factory = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as e:
+            raise DexportError(f"cannot load {spec!r}: {e}", hint="check that the module is importable "
+                               "from the current directory and defines the factory") from None
+        if not callable(factory):
+            raise DexportError(f"factory {spec} is a {type(factory).__name__}, not a callable",
+                               hint=FACTORY_CONTRACT)
+        try:
+            made = factory()
+        except DexportError:
+            raise
+        except Exception as e:  # the user's code: its failure is theirs to fix, with its message
+            where = traceback.extract_tb(e.__traceback__)[-1]
+            raise DexportError(f"factory {spec} raised {type(e).__name__}: {e}",
+                               source=f"{where.filename}:{where.lineno}",
+                               hint=f"fix the factory; {FACTORY_CONTRACT}") from None
     return check_factory_result(spec, made)
+
+
+@contextmanager
+def _current_directory_first():
+    """The current directory first on sys.path while a factory's module is imported and
+    run, as `python -m dexport` has it (the console script's sys.path starts with its
+    own bin folder instead); put back afterwards, so in-process callers keep theirs."""
+    cwd = os.getcwd()
+    if sys.path[:1] in ([""], [cwd]):
+        yield
+        return
+    sys.path.insert(0, cwd)
+    try:
+        yield
+    finally:
+        if cwd in sys.path:
+            sys.path.remove(cwd)
 
 
 FACTORY_CONTRACT = ("a factory takes no arguments and returns a torch.nn.Module that takes the zoo's inputs, or "
