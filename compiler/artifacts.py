@@ -320,7 +320,21 @@ def validate_manifest(manifest, where: str | os.PathLike = MANIFEST) -> dict:
         raise bad(f"'model_file' {manifest['model_file']!r} is not listed in 'files' with its digest")
     for key in ("input_schema", "output_schema"):
         _check_schema(manifest[key], key, bad, detection=manifest["io"] == "detection")
+    for key in ("inputs", "outputs"):  # the graph's declared tensors, as the backend emitted them
+        _check_declared(manifest.get(key), key, bad)
     return manifest
+
+
+def _check_declared(entries, key: str, bad) -> None:
+    if not isinstance(entries, list):
+        raise bad(f"{key!r} must be a json array of {{\"name\", \"shape\"}} objects, got {_json_type(entries)}")
+    for entry in entries:
+        if not (isinstance(entry, dict) and isinstance(entry.get("name"), str)
+                and isinstance(entry.get("shape"), list)
+                and all(type(d) in (int, str) for d in entry["shape"])
+                and isinstance(entry.get("dtype", ""), str)):
+            raise bad(f"{key!r} entry {entry!r} must be {{\"name\": str, \"shape\": [int|str, ...], "
+                      f"\"dtype\": str (optional)}}"[:300])
 
 
 def _check_schema(text: str, key: str, bad, *, detection: bool) -> None:

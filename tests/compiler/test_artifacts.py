@@ -192,7 +192,8 @@ with staging_directory(target, overwrite=True) as stage:
     if where == "mid-write":
         os.kill(os.getpid(), signal.SIGKILL)
     finish_manifest(stage, {"format": "onnx", "model_file": "model.onnx", "io": "structured",
-                            "input_schema": '{"t":"tensor"}', "output_schema": '{"t":"tensor"}'})
+                            "input_schema": '{"t":"tensor"}', "output_schema": '{"t":"tensor"}',
+                            "inputs": [{"name": "x", "shape": [2]}], "outputs": [{"name": "y", "shape": [2]}]})
 """
 
 
@@ -241,7 +242,8 @@ def test_live_exports_staging_folders_are_kept(tmp_path):
 # --------------------------------------------------------------------------- integrity
 
 VALID = {"format": "onnx", "model_file": "model.onnx", "io": "structured",
-         "input_schema": '{"t":"tensor"}', "output_schema": '{"t":"tensor"}'}
+         "input_schema": '{"t":"tensor"}', "output_schema": '{"t":"tensor"}',
+         "inputs": [{"name": "x", "shape": [2]}], "outputs": [{"name": "y", "shape": [2], "dtype": "float32"}]}
 
 
 def _with_manifest(tmp_path, **changes):
@@ -265,6 +267,8 @@ def _with_manifest(tmp_path, **changes):
     ({"model_file": 3}, "must be a json string, got number"),
     ({"input_schema": '{"t": "nope"}'}, "not a schema"),
     ({"output_schema": "[1"}, "not a schema"),
+    ({"inputs": ...}, "'inputs' must be a json array"),
+    ({"outputs": [{"name": "y", "shape": [None]}]}, "'outputs' entry"),
 ])
 def test_manifests_cannot_point_outside_or_skip_digests(tmp_path, changes, message):
     (tmp_path / "outside.onnx").write_bytes(b"evil")
