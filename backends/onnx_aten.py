@@ -168,12 +168,6 @@ def _log2(ctx: LoweringContext, node: Node) -> list:
                                torch.float64), dtype)]
 
 
-@lowering("aten::sigmoid_", "aten::relu_")
-def _inplace_unary(ctx: LoweringContext, node: Node) -> list:
-    x = ctx.input(node, 0, ctx.out_dtype(node))
-    return [ctx.op("Sigmoid" if node.op == "aten::sigmoid_" else "Relu", x)]
-
-
 @lowering("aten::silu")
 def _silu(ctx: LoweringContext, node: Node) -> list:
     x = ctx.input(node, 0, ctx.out_dtype(node))
@@ -657,6 +651,42 @@ def _slice(ctx: LoweringContext, node: Node) -> list:
     return [ctx.same_dtype(x, out)]
 
 
+def _scatter_along(ctx: LoweringContext, x: str, src: str, axis: int, rank: int, positions: str) -> str:
+    """``x`` with the slices at ``positions`` (1-D int64) along ``axis`` replaced by ``src``."""
+    shape = [1] * rank
+    shape[axis] = -1
+    index = ctx.op("Expand", _reshape(ctx, positions, ctx.int64(shape)), ctx.shape(src))
+    return ctx.same_dtype(x, ctx.op("ScatterElements", x, index, src, axis=axis))
+
+
+def _positions(ctx: LoweringContext, x: str, axis: int) -> str:
+    return ctx.op("Range", ctx.int64(0), ctx.dim(x, axis), ctx.int64(1))
+
+
+@lowering("aten::slice_scatter")
+def _slice_scatter(ctx: LoweringContext, node: Node) -> list:
+    """ScatterElements at the positions a Slice of 0..n-1 picks (its clamping and negative
+    bounds are torch's)."""
+    dtype = ctx.out_dtype(node)
+    x, src = ctx.input(node, 0, dtype), ctx.input(node, 1, dtype)
+    rank = ctx.rank(node, 0)
+    axis = _dim(ctx.const(node, 2), rank)
+    picked = ctx.op("Slice", _positions(ctx, x, axis), _as_1d(ctx, node, 3, 0), _as_1d(ctx, node, 4, INT64_MAX),
+                    ctx.int64([0]), _as_1d(ctx, node, 5, 1))
+    return [_scatter_along(ctx, x, src, axis, rank, picked)]
+
+
+@lowering("aten::select_scatter")
+def _select_scatter(ctx: LoweringContext, node: Node) -> list:
+    dtype = ctx.out_dtype(node)
+    x = ctx.input(node, 0, dtype)
+    rank = ctx.rank(node, 0)
+    axis = _dim(ctx.const(node, 2), rank)
+    src = ctx.unsqueeze(ctx.input(node, 1, dtype), [axis])
+    picked = ctx.op("Gather", _positions(ctx, x, axis), _as_1d(ctx, node, 3, 0), axis=0)
+    return [_scatter_along(ctx, x, src, axis, rank, picked)]
+
+
 @lowering("aten::narrow")
 def _narrow(ctx: LoweringContext, node: Node) -> list:
     x = ctx.input(node, 0)
@@ -867,7 +897,7 @@ def _index(ctx: LoweringContext, node: Node) -> list:
     return [ctx.same_dtype(x, out)]
 
 
-@lowering("aten::index_put", "aten::index_put_", "aten::_index_put_impl_")
+@lowering("aten::index_put")
 def _index_put(ctx: LoweringContext, node: Node) -> list:
     """ScatterND on the data with the indexed dims moved to the front; the values
     are broadcast to the shape of ``x[indices]`` in torch's layout first."""

@@ -46,13 +46,14 @@ def io_kind_of(model: torch.nn.Module) -> str:
 
 
 def default_pipeline(format: str = DEFAULT_BACKEND) -> str:
-    """Cleanups; parameter-only arithmetic (frozen batch norm scales and shifts) computed
+    """In-place and out= ops rewritten functionally (so the cleanups and folding below
+    see plain SSA values); cleanups; parameter-only arithmetic (frozen batch norm scales and shifts) computed
     once here instead of on every run; ops without a lowering in the ``format``'s backend
     rewritten through torch's decompositions (before the emitter gives up on them); the
     dead code that leaves."""
     target = get_backend(format).decompose_target
     decompose = f"decompose{{target={target}}}," if target else ""
-    return f"canonicalize,cse,fold-constants,{decompose}dce"
+    return f"functionalize,canonicalize,cse,fold-constants,{decompose}dce"
 
 
 def _versions(backend: Backend) -> dict:

@@ -15,7 +15,8 @@ Stages (each includes the checks of the ones before it):
   one: as many outputs, and types that do not contradict it (dtypes, ranks, int
   dims, list/tuple/optional/record structure agree where both sides know them; a
   symbolic or unknown dim, an unknown dtype or rank, ``Any`` agree with anything).
-* ``"tensors-only"``: no record values and no ``struct::*`` ops are left.
+* ``"tensors-only"``: no record values, no ``struct::*`` ops and no ops that write to
+  their arguments (in-place, ``out=``; run ``functionalize``) are left.
 * ``"backend-ready"``: every value is a tensor, a scalar (not ``Any``) or a list of
   those, so any backend can express it.
 
@@ -262,6 +263,9 @@ class _Verifier:
                           hint="add the tensor with graph.add_param(name, tensor), or fix the name")
         elif self.level >= _TENSORS_ONLY and op.startswith("struct::"):
             self.fail(f"{op} is left in the graph", node, hint=self.stage_hint())
+        elif self.level >= _TENSORS_ONLY and opdef.schema is not None and opdef.schema.is_mutable:
+            self.fail(f"{op} writes to one of its arguments (mutation is left in the graph)", node,
+                      hint="run the 'functionalize' pass first (it runs first in the default pipeline)")
         if op == "prim::If":
             if len(node.blocks) != 2 or any(b.params for b in node.blocks):
                 self.fail("prim::If needs exactly two blocks, without parameters", node)

@@ -181,7 +181,8 @@ class CommonSubexpressionElimination(Pass):
     sibling block). Side-effecting and random ops are never merged, nor are
     nodes with blocks. If the graph mutates anything in place, equal-looking
     expressions may hold different values, so only immutable constants are
-    merged then (run a functionalization pass first to get the rest).
+    merged then (run ``functionalize`` first, as the default pipeline does, to get
+    the rest).
     """
     name = "cse"
 

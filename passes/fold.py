@@ -42,8 +42,10 @@ class FoldConstants(Pass):
     ``aten::zeros([4096, 4096])`` would only bloat the artifact). Nodes whose
     kernel fails are left for the run time to report.
 
-    A graph that mutates tensors in place is left alone: a folded value would be
-    computed once, at compile time, and then mutated across runs or loop trips.
+    A graph that still mutates tensors in place (not ``functional``: run
+    ``functionalize`` first, as the default pipeline does) is left alone: a folded
+    value would be computed once, at compile time, and then mutated across runs or
+    loop trips.
     """
     name = "fold-constants"
 
