@@ -1167,3 +1167,60 @@ def _grid_sample(ctx: LoweringContext, node: Node) -> list:
     return [ctx.op("GridSample", ctx.input(node, 0), ctx.input(node, 1, ctx.dtype(node, 0)),
                    mode=modes[interpolation], padding_mode=("zeros", "border", "reflection")[padding],
                    align_corners=int(bool(ctx.const(node, 4))))]
+
+
+# --------------------------------------------------------------------------- core ATen closure (issue 11)
+# Ops the decompositions of composites produce, and composites ONNX has one op for.
+
+@lowering("aten::Float.Scalar", "aten::Float.int", "aten::Int.float")
+def _number_cast(ctx: LoweringContext, node: Node) -> list:
+    # Float <-> int of a size: ONNX Cast truncates toward zero, as Python's int() does.
+    return [ctx.input(node, 0, ctx.out_dtype(node))]
+
+
+def _split_outputs(ctx: LoweringContext, node: Node, x: str, axis: int, sizes: str) -> list:
+    """ONNX Split by a sizes tensor; the element count is the graph's own (the
+    ListUnpack reading the list), never a traced size."""
+    counts = {len(u.outputs) for u in node.outputs[0].users() if u.op == "prim::ListUnpack"}
+    if len(counts) != 1:
+        raise ctx.fail(f"{node.op} whose result is not unpacked into a fixed number of values",
+                       "unpack the result into a fixed number of values in the model")
+    parts = ctx.emit("Split", [x, sizes], num_outputs=counts.pop(), axis=axis)
+    return [ctx.seq([ctx.same_dtype(x, p) for p in parts])]
+
+
+@lowering("aten::split_with_sizes")
+def _split_with_sizes(ctx: LoweringContext, node: Node) -> list:
+    x = ctx.input(node, 0)
+    return _split_outputs(ctx, node, x, _dim(ctx.const(node, 2), ctx.rank(node, 0)), ctx.input(node, 1, torch.int64))
+
+
+@lowering("aten::upsample_bicubic2d.vec")
+def _upsample_bicubic(ctx: LoweringContext, node: Node) -> list:
+    # torch's bicubic is Keys' kernel with a = -0.75, edge taps clamped (ONNX's default).
+    align = bool(ctx.const(node, 2))
+    return [_resize(ctx, node, 1, 3, mode="cubic", cubic_coeff_a=-0.75,
+                    coordinate_transformation_mode="align_corners" if align else "half_pixel")]
+
+
+@lowering("aten::layer_norm")
+def _layer_norm(ctx: LoweringContext, node: Node) -> list:
+    x, rank = ctx.input(node, 0), ctx.rank(node, 0)
+    axis = rank - len(ctx.const(node, 1))
+    dtype = ctx.dtype(node, 0)
+    width = _first_dims(ctx, x, axis)  # the normalized dims, for a missing weight or bias
+    weight = ctx.input(node, 2, dtype) if not ctx.is_none(node, 2) else ctx.op("Expand", ctx.constant(1.0, dtype), width)
+    inputs = [x, weight] + ([ctx.input(node, 3, dtype)] if not ctx.is_none(node, 3) else [])
+    return [ctx.op("LayerNormalization", *inputs, axis=axis, epsilon=float(ctx.const(node, 4)))]
+
+
+@lowering("aten::gelu")
+def _gelu(ctx: LoweringContext, node: Node) -> list:
+    x, dtype = ctx.input(node, 0), ctx.dtype(node, 0)
+    c = lambda v: ctx.constant(v, dtype)  # noqa: E731
+    if ctx.const(node, 1) == "tanh":  # 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+        inner = ctx.op("Mul", c(0.7978845608028654), ctx.op("Add", x, ctx.op("Mul", c(0.044715), ctx.op("Mul", x, ctx.op("Mul", x, x)))))
+        core = ctx.op("Tanh", inner)
+    else:  # 0.5 x (1 + erf(x / sqrt 2))
+        core = ctx.op("Erf", ctx.op("Mul", x, c(0.7071067811865476)))
+    return [ctx.op("Mul", ctx.op("Mul", x, c(0.5)), ctx.op("Add", core, c(1.0)))]

@@ -431,6 +431,12 @@ def cmd_bench(args) -> int:
     return EXIT_MISMATCH if mismatched else EXIT_OK
 
 
+def cmd_ops(args) -> int:
+    from dexport.backends.coverage import coverage
+    print(coverage(args.format).format(markdown=args.markdown))
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dexport", description=(
         "Export PyTorch detection and segmentation models through dexport's IR."))
@@ -438,6 +444,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     z = sub.add_parser("zoo", help="list the built-in reference models")
     z.set_defaults(func=cmd_zoo)
+
+    o = sub.add_parser("ops", help="list a backend's ATen op coverage (lowered / decomposed / missing)")
+    o.add_argument("--format", default="onnx", help="the backend (default: onnx)")
+    o.add_argument("--markdown", action="store_true", help="print the table as markdown (as in the README)")
+    o.set_defaults(func=cmd_ops)
 
     d = sub.add_parser("dump", help="capture a model, run passes, and dump its IR (text, DOT, SVG)",
                        description="Capture MODEL by tracing on a synthetic image, run a pass pipeline "

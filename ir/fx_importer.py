@@ -23,6 +23,7 @@ as a normal outcome (decompose leaves the node alone) catch it.
 """
 from __future__ import annotations
 
+import math
 import operator
 from typing import Any
 
@@ -42,6 +43,8 @@ _SCALAR_OPS = {operator.add: "add", operator.sub: "sub", operator.mul: "mul",
 # Size queries: FX's sym_* ops -> the ops captured graphs use.
 _SIZE_OPS = {"aten::sym_size.int": "aten::size.int", "aten::sym_numel": "aten::numel",
              "aten::sym_stride.int": "aten::stride.int"}
+# Number conversions in the trace (upsampling computes sizes from float scales).
+_CONVERSIONS = {torch.sym_float: "aten::Float.Scalar", math.trunc: "aten::Int.float"}
 
 
 class FxImportError(DexportError):
@@ -71,6 +74,8 @@ def ir_op(fx_node: torch.fx.Node) -> str | None:
     if isinstance(target, torch._ops.OpOverload):
         name = target.name()
         return _SIZE_OPS.get(name, name)
+    if target in _CONVERSIONS:
+        return _CONVERSIONS[target]
     if target in _SCALAR_OPS:
         kinds = [value_kind(_meta_val(a)) for a in fx_node.args]
         suffix = kinds[0] if len(set(kinds)) == 1 else "_".join(kinds)

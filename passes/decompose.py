@@ -96,19 +96,28 @@ def decompose_graph(graph: Graph, supports: Supports, *,
     ``supports`` rejects (restricted to ``only`` when given). Returns (changed,
     [(op, scope, reason) for each node left alone])."""
     wanted = set(only) if only is not None else None
-    refused: list[tuple[str, str, str]] = []
+    refused: dict[Node, tuple[str, str, str]] = {}
     changed = False
-    for node in list(graph.nodes()):
-        if not node.op.startswith("aten::") or node.blocks or supports(node.op):
-            continue
-        if wanted is not None and node.op not in wanted:
-            continue
-        reason = decompose_node(graph, node, supports)
-        if reason is None:
-            changed = True
-        else:
-            refused.append((node.op, node.meta.scope, reason))
-    return changed, refused
+    # A splice may bring ops the target lacks that decompose further (a composite whose
+    # parts have their own decompositions): repeat until a round changes nothing.
+    for _ in range(MAX_ROUNDS):
+        pending = [node for node in graph.nodes()
+                   if node.op.startswith("aten::") and not node.blocks and not supports(node.op)
+                   and node not in refused and (wanted is None or node.op in wanted)]
+        if not pending:
+            return changed, list(refused.values())
+        for node in pending:
+            reason = decompose_node(graph, node, supports)
+            if reason is None:
+                changed = True
+            else:
+                refused[node] = (node.op, node.meta.scope, reason)
+    left = sorted({n.op for n in graph.nodes() if n.op.startswith("aten::") and not supports(n.op)} - {r[0] for r in refused.values()})
+    raise PassError(f"decompose: no fixpoint after {MAX_ROUNDS} rounds; still decomposing {', '.join(left)}",
+                    hint="a decomposition keeps producing ops the target lacks; register a lowering for one of them")
+
+
+MAX_ROUNDS = 8  # composites nest a few levels deep (interpolate -> upsample -> index ops)
 
 
 def decompose_node(graph: Graph, node: Node, supports: Supports) -> str | None:
@@ -127,6 +136,10 @@ class _Refusal(Exception):
     """Why a node is not decomposed (a normal outcome, not an error)."""
 
 
+class _Failed(Exception):
+    """torch's tracing raised (its first line)."""
+
+
 # --------------------------------------------------------------------------- tracing
 
 @functools.lru_cache(maxsize=None)
@@ -139,6 +152,56 @@ def _all_decompositions() -> dict:
 
 def _table(supports: Supports) -> dict:
     return {op: fn for op, fn in _all_decompositions().items() if not supports(op.name())}
+
+
+def _native_multi_head_attention(query, key, value, embed_dim, num_head, qkv_weight, qkv_bias,
+                                 proj_weight, proj_bias, mask=None, need_weights=True,
+                                 average_attn_weights=True, mask_type=None):
+    """nn.MultiheadAttention's eval fast path (batch first), which torch gives no
+    decomposition: in-projection, scaled dot-product per head, out-projection."""
+    if mask is not None:
+        raise NotImplementedError("_native_multi_head_attention with a mask")
+    F = torch.nn.functional
+    if query is key and key is value:
+        q, k, v = F.linear(query, qkv_weight, qkv_bias).chunk(3, dim=-1)
+    else:
+        w, b = qkv_weight.chunk(3), qkv_bias.chunk(3)
+        q, k, v = (F.linear(x, wi, bi) for x, wi, bi in zip((query, key, value), w, b))
+    head = embed_dim // num_head
+
+    def heads(x):  # (B, L, E) -> (B, H, L, D)
+        return x.unflatten(-1, (num_head, head)).transpose(1, 2)
+    q, k, v = heads(q), heads(k), heads(v)
+    weights = torch.softmax(q @ k.transpose(-2, -1) * (1.0 / head ** 0.5), dim=-1)
+    out = F.linear((weights @ v).transpose(1, 2).flatten(-2), proj_weight, proj_bias)
+    if not need_weights:
+        return out, query.new_empty((0,))
+    return out, weights.mean(dim=1) if average_attn_weights else weights
+
+
+def _native_multi_head_attention_checks(query, key, value, embed_dim, num_head, *rest, **options):
+    """What the fast path itself requires (it has no meta kernel to say so)."""
+    for x in (query, key, value):
+        torch._check(x.size(-1) == embed_dim)
+    torch._check(embed_dim % num_head == 0)
+    return query.clone(), query.new_empty((0,))
+
+
+# Ops torch has no decomposition for, decomposed by dexport (same contract as torch's
+# table), each with the shape checks the op itself makes (see _Tracer._own_guards).
+_OWN_DECOMPOSITIONS = {torch.ops.aten._native_multi_head_attention.default: _native_multi_head_attention}
+_OWN_CHECKS = {torch.ops.aten._native_multi_head_attention.default: _native_multi_head_attention_checks}
+
+
+def _own_table(supports: Supports) -> dict:
+    return {op: fn for op, fn in _OWN_DECOMPOSITIONS.items() if not supports(op.name())}
+
+
+def has_decomposition(op: torch._ops.OpOverload) -> bool:
+    """Whether ``decompose`` can rewrite ``op``: an entry in torch's tables or dexport's,
+    or a composite kernel (CompositeImplicitAutograd), which tracing always expands."""
+    return (op in _all_decompositions() or op in _OWN_DECOMPOSITIONS
+            or torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), "CompositeImplicitAutograd"))
 
 
 @dataclass
@@ -166,12 +229,45 @@ class _Tracer:
 
     def trace(self) -> _Traced:
         node = self.node
-        opdef = get_op(node.op)
-        schema = opdef.schema
+        schema = get_op(node.op).schema
         if schema is None or schema.is_mutable:
             raise _Refusal("only functional torch ops are decomposed")
         if len(node.inputs) != len(schema.arguments):
             raise _Refusal(f"{len(node.inputs)} inputs for {len(schema.arguments)} schema arguments")
+        try:
+            gm = self.trace_with({**_table(self.supports), **_own_table(self.supports)})
+        except _Failed as err:  # any failure of torch's tracing means "not decomposable here"
+            raise _Refusal(f"tracing the decomposition failed: {err}") from None
+        baked = {str(g.expr) for g in self.env.guards} - self._own_guards()
+        if baked:
+            shown = ", ".join(sorted(baked)[:4])
+            raise _Refusal(f"the decomposition depends on the input shapes ({shown})")
+        symbol_dims = {}
+        for fake, value in zip(self.fakes, self.placeholders):
+            for size, dim in zip(fake.shape, value.type.shape):
+                if isinstance(size, torch.SymInt) and size.node.expr.is_Symbol:
+                    symbol_dims.setdefault(size.node.expr, dim)
+        return _Traced(gm, self.placeholders, symbol_dims, schema, node.op)
+
+    def _own_guards(self) -> set[str]:
+        """The guards the op itself puts on these inputs, traced without decompositions:
+        its shape checks (layer_norm's normalized shape against the last dim) and, for a
+        composite, what its captured form already fixed (chunk's number of outputs).
+        Eager rejects other sizes, or the capture fixed them, so they are no baked
+        assumption; a guard only a decomposition adds is."""
+        if not self.env.guards:
+            return set()
+        plain = _Tracer(self.graph, self.node, self.supports)
+        try:
+            plain.trace_with(_OWN_CHECKS)
+        except _Failed:
+            return set()
+        return {str(g.expr) for g in plain.env.guards}
+
+    def trace_with(self, table: dict) -> torch.fx.GraphModule:
+        """make_fx of the node's op on fresh symbolic fakes, decomposing by ``table``."""
+        from torch.fx.experimental.proxy_tensor import make_fx
+        node, schema = self.node, get_op(self.node.op).schema
         for v in node.inputs:
             for item in (v.node.inputs if v.node is not None and v.node.op == CONSTRUCT else [v]):
                 if isinstance(item.type, TensorType) and item.type.shape is not None:
@@ -184,22 +280,11 @@ class _Tracer:
         def call(*tensors):
             args = [_fill(t, tensors) for t in template]
             return overload(*args[:len(positional)], **dict(zip(keywords, args[len(positional):])))
-
-        from torch.fx.experimental.proxy_tensor import make_fx
         try:
-            gm = make_fx(call, decomposition_table=_table(self.supports), tracing_mode="symbolic")(*self.fakes)
-        except Exception as err:  # any failure of torch's tracing means "not decomposable here"
+            return make_fx(call, decomposition_table=table, tracing_mode="symbolic")(*self.fakes)
+        except Exception as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise _Refusal(f"tracing the decomposition failed: {first}") from None
-        if self.env.guards:
-            shown = ", ".join(sorted({str(g.expr) for g in self.env.guards})[:4])
-            raise _Refusal(f"the decomposition depends on the input shapes ({shown})")
-        symbol_dims = {}
-        for fake, value in zip(self.fakes, self.placeholders):
-            for size, dim in zip(fake.shape, value.type.shape):
-                if isinstance(size, torch.SymInt) and size.node.expr.is_Symbol:
-                    symbol_dims.setdefault(size.node.expr, dim)
-        return _Traced(gm, self.placeholders, symbol_dims, schema, node.op)
+            raise _Failed(first) from None
 
     # -- inputs -------------------------------------------------------------------------
     def _argument(self, value: Value, index: int) -> Any:

@@ -259,12 +259,10 @@ CORPUS = {
 # all are the emitter's list of ops without an ONNX lowering (UnsupportedOpsError).
 _NO_LOWERING = "op(s) have no ONNX lowering (opset 17): "
 EXPECTED_FAILURES: dict[str, str] = {
-    "resnet50_batchnorm": "1 " + _NO_LOWERING + "aten::batch_norm",
-    "vit_encoder": "4 " + _NO_LOWERING + "aten::_native_multi_head_attention, aten::chunk, aten::layer_norm, "
-                                         "aten::scaled_dot_product_attention",
-    "unet_bicubic_bilinear": "1 " + _NO_LOWERING + "aten::upsample_bicubic2d.vec",
-    "detr_head": "4 " + _NO_LOWERING + "aten::_native_multi_head_attention, aten::layer_norm, "
-                                       "aten::scaled_dot_product_attention, aten::split_with_sizes",
+    # SDPA's decomposition fails to trace: q/k/v dims the capture left unknown ("?")
+    # get unrelated symbols (the infer-types pass types them).
+    "vit_encoder": "1 " + _NO_LOWERING + "aten::scaled_dot_product_attention",
+    "detr_head": "1 " + _NO_LOWERING + "aten::scaled_dot_product_attention",
     "lstm_gru": "2 " + _NO_LOWERING + "aten::gru.input, aten::lstm.input",
     "scripted_postprocess": "4 " + _NO_LOWERING + "aten::__getitem__.t, prim::If, prim::Loop, prim::dtype",
 }
