@@ -129,6 +129,11 @@ register_op("prim::Uninitialized", num_inputs=0, num_outputs=1, kernel=lambda no
 register_op("prim::unchecked_cast", num_inputs=1, num_outputs=1, kernel=lambda node, x: (x,),
             type_rule=lambda node: [node.outputs[0].type],
             doc="TorchScript's refinement of an Optional to its element type: the value unchanged.")
+# torch's own kernels cannot take None for their generic arguments.
+register_op("aten::__is__", num_inputs=2, num_outputs=1, kernel=lambda node, a, b: (a is b,),
+            type_rule=lambda node: [BOOL], doc="Python's `a is b` (TorchScript's `x is None`).")
+register_op("aten::__isnot__", num_inputs=2, num_outputs=1, kernel=lambda node, a, b: (a is not b,),
+            type_rule=lambda node: [BOOL], doc="Python's `a is not b` (TorchScript's `x is not None`).")
 register_op("prim::If", num_inputs=1, num_outputs=None, kernel=_if_kernel, type_rule=_if_type,
             doc="Runs blocks[0] if the condition holds, else blocks[1]; their returns are the outputs.")
 register_op("prim::Loop", num_inputs=None, num_outputs=None, kernel=_loop_kernel,
