@@ -267,7 +267,9 @@ EXPECTED_FAILURES: dict[str, str] = {
     "detr_head": "4 " + _NO_LOWERING + "aten::_native_multi_head_attention, aten::layer_norm, "
                                        "aten::scaled_dot_product_attention, aten::split_with_sizes",
     "lstm_gru": "2 " + _NO_LOWERING + "aten::gru.input, aten::lstm.input",
-    "scripted_postprocess": "4 " + _NO_LOWERING + "aten::__getitem__.t, prim::If, prim::Loop, prim::dtype",
+    # If/Loop, prim::dtype and list indexing lower now; scripted code's tensors are
+    # untyped until the infer-types pass (issue 11 part 6) fills in their ranks.
+    "scripted_postprocess": "input 0 of aten::select.int has no known rank (Tensor)",
     "writes_through_views": "2 " + _NO_LOWERING + "aten::add_.Tensor, aten::copy_",
 }
 
