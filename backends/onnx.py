@@ -83,7 +83,8 @@ Lowering = Callable[["LoweringContext", Node], list]
 
 # The standard-ONNX lowering table; the modules holding its lowerings import this one,
 # so the table imports them on first lookup.
-LOWERINGS = LoweringTable("onnx", modules=("dexport.backends.onnx_aten", "dexport.backends.onnx_detection"))
+LOWERINGS = LoweringTable("onnx", modules=("dexport.backends.onnx_aten", "dexport.backends.onnx_detection",
+                                              "dexport.backends.onnx_control_flow"))
 lowering = LOWERINGS.register  # @lowering("aten::relu") registers fn(ctx, node) -> list
 
 MIN_OPSET, MAX_OPSET = 17, 21
@@ -628,11 +629,7 @@ def emit_onnx(graph: Graph, *, opset: int = 17, input_names: Sequence[str] | Non
         outputs.append(helper.make_tensor_value_info(
             name, TORCH_TO_ONNX[dtype], _dims(value.type, dynamic_axes, name, f"output{k}", static_ok)))
     if renames:
-        for n in ctx.nodes:
-            for i, x in enumerate(n.input):
-                n.input[i] = renames.get(x, x)
-            for i, x in enumerate(n.output):
-                n.output[i] = renames.get(x, x)
+        _rename(ctx.nodes, renames)
     if value_names is not None:
         for node in graph.block.nodes:
             for value in node.outputs:
@@ -650,6 +647,18 @@ def emit_onnx(graph: Graph, *, opset: int = 17, input_names: Sequence[str] | Non
     if check:
         check_model(model)
     return model
+
+
+def _rename(nodes: Iterable[onnx.NodeProto], renames: dict[str, str]) -> None:
+    """Rename values in ``nodes`` and in their subgraphs (If/Loop bodies read outer names)."""
+    for n in nodes:
+        for i, x in enumerate(n.input):
+            n.input[i] = renames.get(x, x)
+        for i, x in enumerate(n.output):
+            n.output[i] = renames.get(x, x)
+        for attr in n.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                _rename(attr.g.node, renames)
 
 
 def _io_names(values: Sequence[Value], given: Sequence[str] | None, kind: str,

@@ -234,9 +234,14 @@ class ZeroPlus(IdentityRule):
         return _neutral_ok(match["x"], match["c"], 0, _example_shapes(match))
 
 
+# --------------------------------------------------------------------------- TorchScript leftovers
+
+from dexport.passes.scripted import SCRIPTED_RULES  # noqa: E402  (rules of scripted code's helpers)
+
 RULES: tuple[IdentityRule, ...] = (
     SameShapeView(), SameShapeExpand(), AliasIdentity(), CopyIdentity(), ToSameDtype(),
     ToSameDtypeLayout(), TypeAsSame(), EvalDropout(), MulByOne(), OneTimes(), AddZero(), ZeroPlus(),
+    *SCRIPTED_RULES,
 )
 
 

@@ -56,6 +56,22 @@ def _num_to_tensor_type(node):
     return [TensorType(dtype, ())]
 
 
+class _Uninitialized:
+    """The run-time value of ``prim::Uninitialized``: TorchScript's placeholder for a
+    variable no path has assigned yet (early returns, breaks). Reading it as a tensor
+    fails loudly; passing it along (loop-carried, returned by the untaken branch) is fine."""
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<uninitialized>"
+
+    def __bool__(self) -> bool:
+        raise TypeError("an uninitialized value (prim::Uninitialized) was read")
+
+
+UNINITIALIZED = _Uninitialized()
+
+
 def _if_kernel(node, cond):
     from dexport.ir.interpreter import run_if
     return run_if(node, cond)
@@ -106,6 +122,18 @@ register_op("prim::NumToTensor", num_inputs=1, num_outputs=1,
             kernel=lambda node, x: (torch.ops.prim.NumToTensor.Scalar(x),),
             type_rule=_num_to_tensor_type,
             doc="A 0-d tensor holding a number (int -> i64, float -> f64, bool -> b8).")
+register_op("prim::Uninitialized", num_inputs=0, num_outputs=1, kernel=lambda node: (UNINITIALIZED,),
+            type_rule=lambda node: [node.outputs[0].type],
+            doc="A placeholder for a value no path has assigned yet (TorchScript's early returns); "
+                "runs as the sentinel dexport.ir.dialects.prim.UNINITIALIZED.")
+register_op("prim::unchecked_cast", num_inputs=1, num_outputs=1, kernel=lambda node, x: (x,),
+            type_rule=lambda node: [node.outputs[0].type],
+            doc="TorchScript's refinement of an Optional to its element type: the value unchanged.")
+# torch's own kernels cannot take None for their generic arguments.
+register_op("aten::__is__", num_inputs=2, num_outputs=1, kernel=lambda node, a, b: (a is b,),
+            type_rule=lambda node: [BOOL], doc="Python's `a is b` (TorchScript's `x is None`).")
+register_op("aten::__isnot__", num_inputs=2, num_outputs=1, kernel=lambda node, a, b: (a is not b,),
+            type_rule=lambda node: [BOOL], doc="Python's `a is not b` (TorchScript's `x is not None`).")
 register_op("prim::If", num_inputs=1, num_outputs=None, kernel=_if_kernel, type_rule=_if_type,
             doc="Runs blocks[0] if the condition holds, else blocks[1]; their returns are the outputs.")
 register_op("prim::Loop", num_inputs=None, num_outputs=None, kernel=_loop_kernel,

@@ -264,7 +264,9 @@ EXPECTED_FAILURES: dict[str, str] = {
     "vit_encoder": "1 " + _NO_LOWERING + "aten::scaled_dot_product_attention",
     "detr_head": "1 " + _NO_LOWERING + "aten::scaled_dot_product_attention",
     "lstm_gru": "2 " + _NO_LOWERING + "aten::gru.input, aten::lstm.input",
-    "scripted_postprocess": "4 " + _NO_LOWERING + "aten::__getitem__.t, prim::If, prim::Loop, prim::dtype",
+    # If/Loop, prim::dtype and list indexing lower now; scripted code's tensors are
+    # untyped until the infer-types pass (issue 11 part 6) fills in their ranks.
+    "scripted_postprocess": "input 0 of aten::select.int has no known rank (Tensor)",
 }
 
 
