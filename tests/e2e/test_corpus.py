@@ -259,7 +259,6 @@ CORPUS = {
 # all are the emitter's list of ops without an ONNX lowering (UnsupportedOpsError).
 _NO_LOWERING = "op(s) have no ONNX lowering (opset 17): "
 EXPECTED_FAILURES: dict[str, str] = {
-    "resnet50_batchnorm": "1 " + _NO_LOWERING + "aten::batch_norm",
     "mobilenet_v3_block": "1 " + _NO_LOWERING + "aten::hardswish_",
     "vit_encoder": "4 " + _NO_LOWERING + "aten::_native_multi_head_attention, aten::chunk, aten::layer_norm, "
                                          "aten::scaled_dot_product_attention",
