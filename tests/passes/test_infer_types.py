@@ -151,3 +151,23 @@ def test_a_zoo_detector_runs_it_in_the_default_pipeline_under_verify_each():
         ours = run_structured(g, flat)
     assert sorted(ours) == sorted(eager)
     assert all(torch.allclose(ours[k].float(), eager[k].float(), atol=1e-4) for k in eager)
+
+
+def test_values_inside_a_loop_body_are_filled_in():
+    g = parse("""graph(%x: f32[N,4], %n: int) {
+  %c: bool = prim::Constant() {value=True}
+  %l: f32[N,4] = prim::Loop(%n, %c, %x) {
+    block0(%i: int, %acc: f32[N,4]) {
+      %s: Tensor = aten::mul.Tensor(%acc, %x)
+      return (%c, %s)
+    }
+  }
+  return (%l)
+}
+""")
+    x = torch.randn(3, 4)
+    before = run(g, [x, 3])
+    assert get_pass("infer-types").run(g)
+    body = next(n for n in g.nodes() if n.blocks).blocks[0]
+    assert [str(n.outputs[0].type) for n in body.nodes] == ["f32[N,4]"]
+    assert torch.equal(before[0], run(g, [x, 3])[0])
