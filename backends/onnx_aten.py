@@ -1134,6 +1134,23 @@ def _group_norm(ctx: LoweringContext, node: Node) -> list:
     return [out]
 
 
+@lowering("aten::batch_norm")
+def _batch_norm(ctx: LoweringContext, node: Node) -> list:
+    """Inference batch norm (running statistics) as BatchNormalization; an absent
+    weight or bias is ones or zeros shaped like the running mean (affine=False)."""
+    if ctx.const(node, 5) or ctx.is_none(node, 3) or ctx.is_none(node, 4):
+        raise ctx.fail("batch_norm with batch statistics (training mode, or no running stats) "
+                       "has no ONNX lowering", "export the model in eval mode (model.eval()) "
+                       "with track_running_stats=True")
+    x = ctx.input(node, 0)
+    dtype = ctx.dtype(node, 0)
+    mean, var = ctx.input(node, 3, dtype), ctx.input(node, 4, dtype)
+    fill = {1: 1.0, 2: 0.0}
+    scale, shift = (ctx.op("Expand", ctx.constant(fill[i], dtype), ctx.shape(mean)) if ctx.is_none(node, i)
+                    else ctx.input(node, i, dtype) for i in (1, 2))
+    return [ctx.op("BatchNormalization", x, scale, shift, mean, var, epsilon=float(ctx.const(node, 7)))]
+
+
 def _resize(ctx: LoweringContext, node: Node, size_index: int, scale_index: int, **attrs) -> str:
     """Resize from torch's output_size (sizes of the spatial dims, possibly run-time
     ints) or scale_factors (constants)."""

@@ -53,7 +53,7 @@ def default_pipeline(format: str = DEFAULT_BACKEND) -> str:
     dead code that leaves."""
     target = get_backend(format).decompose_target
     decompose = f"decompose{{target={target}}}," if target else ""
-    return f"functionalize,canonicalize,cse,fold-constants,{decompose}dce"
+    return f"functionalize,canonicalize,cse,fold-constants,infer-types,{decompose}dce"
 
 
 def _versions(backend: Backend) -> dict:
