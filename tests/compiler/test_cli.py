@@ -18,7 +18,7 @@ def test_dump_captures_checks_and_writes(tmp_path, capsys):
     graph = parse((out / "graph.ir").read_text())
     assert any(n.op == "dexport::batched_nms" for n in graph.nodes())
     names = sorted(p.name for p in (out / "passes").iterdir())
-    assert names[0] == "000_canonicalize.after.ir" and names[-1] == "005_dce.before.ir"
+    assert names[0] == "000_functionalize.after.ir" and names[-1] == "006_dce.before.ir"
 
 
 def test_unknown_model_is_a_clear_error(tmp_path, capsys):
