@@ -133,8 +133,8 @@ def build_graph(model: torch.nn.Module, example_inputs: tuple, *, method: str = 
             # A frontend that bakes the example's sizes in is also captured on probe batches.
             probing = get_frontend(method).needs_probes
             probes = [batched_inputs(p) for p in probe_batches(example_inputs[0], batch)] if probing else None
-            with step(f"capturing by {method}" + (f" (and on {len(probes)} probe batches to find "
-                                                  "size-dependent values)" if probing else "")):
+            with step(f"capturing by {method}" + (f" (and on {len(probes)} probe batches and a content probe "
+                                                  "to find size- and value-dependent code)" if probing else "")):
                 graph = capture(model, batched_inputs(example_inputs), method=method,
                                 inference_func=lambda m, *args: m.forward_batched(*args), probe_inputs=probes)
             if not pipeline.startswith("fix-batch-dim"):  # a manifest's pipeline already has it
