@@ -33,6 +33,7 @@ import torch
 
 from dexport.ir.errors import DexportError
 from dexport.ir.graph import Graph, Value
+from dexport.ir.registry import Registry
 
 # --------------------------------------------------------------------------- lowering tables
 
@@ -286,64 +287,45 @@ def dist_version(dist: str) -> str:
 # --------------------------------------------------------------------------- the registry
 
 DEFAULT_BACKEND = "onnx"
-# Backends shipped with dexport: imported on first use of the registry.
-_BUILTIN_MODULES = ("dexport.backends.onnx",)
-_BACKENDS: dict[str, Backend] = {}
-_builtins_loaded = False
-
-
-def _load_builtins() -> None:
-    global _builtins_loaded
-    if not _builtins_loaded:
-        _builtins_loaded = True
-        for module in _BUILTIN_MODULES:
-            importlib.import_module(module)
+# Backends shipped with dexport register themselves when imported, on first use of the registry.
+_BACKENDS: Registry[Backend] = Registry(("dexport.backends.onnx",), unknown="format {name!r} is not available")
 
 
 def register_backend(backend: Backend) -> Backend:
     """Make ``backend`` available as ``--format backend.name`` (and its decompose target
     to ``decompose{target=...}``). Registering a name again replaces it."""
     from dexport.passes.decompose import register_target
-    if not backend.name:
-        raise DexportError(f"{type(backend).__name__} has no name", hint="set the class attribute 'name'")
-    _BACKENDS[backend.name] = backend
+    _BACKENDS.register(backend.name, backend)
     if backend.decompose_target:
         register_target(backend.decompose_target, backend.supports)
     return backend
 
 
 def unregister_backend(name: str) -> None:
-    _BACKENDS.pop(name, None)
+    _BACKENDS.unregister(name)
 
 
 def backend_names() -> list[str]:
-    _load_builtins()
-    return sorted(_BACKENDS)
+    return _BACKENDS.names()
 
 
 def backends() -> list[Backend]:
-    return [_BACKENDS[n] for n in backend_names()]
+    return _BACKENDS.entries()
 
 
 def builtin_backends() -> list[Backend]:
     """The backends dexport ships (not ones registered by users or tests)."""
-    _load_builtins()
-    return [b for b in backends() if type(b).__module__ in _BUILTIN_MODULES]
+    return _BACKENDS.builtins()
 
 
 def get_backend(name: str) -> Backend:
-    _load_builtins()
-    backend = _BACKENDS.get(name)
-    if backend is None:
-        raise DexportError(f"format {name!r} is not available",
-                           hint=f"use one of: {', '.join(backend_names())}")
-    return backend
+    return _BACKENDS.get(name)
 
 
 def load_backends() -> None:
     """Register every built-in backend (and with it their decompose targets) before a
     pipeline that may name one runs."""
-    _load_builtins()
+    _BACKENDS.load_builtins()
 
 
 __all__ = ["DEFAULT_BACKEND", "Backend", "Emission", "FileReader", "Intermediates", "LoweringTable",

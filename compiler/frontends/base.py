@@ -10,13 +10,13 @@ first use.
 """
 from __future__ import annotations
 
-import importlib
 from typing import Any, Callable
 
 import torch
 
 from dexport.ir.errors import CaptureError
 from dexport.ir.graph import Graph
+from dexport.ir.registry import Registry
 
 
 class Frontend:
@@ -33,43 +33,27 @@ class Frontend:
         return f"<frontend {self.name}>"
 
 
-_BUILTIN_MODULES = ("dexport.frontends.tracing",)
-_FRONTENDS: dict[str, Frontend] = {}
-_builtins_loaded = False
-
-
-def _load_builtins() -> None:
-    global _builtins_loaded
-    if not _builtins_loaded:
-        _builtins_loaded = True
-        for module in _BUILTIN_MODULES:
-            importlib.import_module(module)
+# Frontends shipped with dexport register themselves when imported, on first use of the registry.
+_FRONTENDS: Registry[Frontend] = Registry(("dexport.frontends.tracing",), error=CaptureError,
+                                          unknown="unknown capture method {name!r}")
 
 
 def register_frontend(frontend: Frontend) -> Frontend:
     """Make ``frontend`` available as ``method=frontend.name``; a name registered again
     is replaced."""
-    if not frontend.name:
-        raise CaptureError(f"{type(frontend).__name__} has no name", hint="set the class attribute 'name'")
-    _FRONTENDS[frontend.name] = frontend
-    return frontend
+    return _FRONTENDS.register(frontend.name, frontend)
 
 
 def unregister_frontend(name: str) -> None:
-    _FRONTENDS.pop(name, None)
+    _FRONTENDS.unregister(name)
 
 
 def frontend_names() -> list[str]:
-    _load_builtins()
-    return sorted(_FRONTENDS)
+    return _FRONTENDS.names()
 
 
 def get_frontend(name: str) -> Frontend:
-    _load_builtins()
-    frontend = _FRONTENDS.get(name)
-    if frontend is None:
-        raise CaptureError(f"unknown capture method {name!r}", hint=f"use one of: {', '.join(frontend_names())}")
-    return frontend
+    return _FRONTENDS.get(name)
 
 
 __all__ = ["Frontend", "frontend_names", "get_frontend", "register_frontend", "unregister_frontend"]
