@@ -222,6 +222,45 @@ class WritesThroughViews(nn.Module):
         return out * 2
 
 
+class FCOSHead(nn.Module):
+    """An anchor-free dense head (FCOS/RetinaNet style): one conv tower with GroupNorm
+    shared by two feature levels, class/box/centerness maps flattened per level and
+    concatenated over the locations of both."""
+
+    def __init__(self, channels: int = 8, classes: int = 3):
+        super().__init__()
+        self.level1 = nn.Sequential(nn.Conv2d(3, channels, 3, 4, 1), nn.ReLU())
+        self.level2 = nn.Sequential(nn.Conv2d(channels, channels, 3, 2, 1), nn.ReLU())
+        self.tower = nn.Sequential(nn.Conv2d(channels, channels, 3, 1, 1), nn.GroupNorm(2, channels), nn.ReLU())
+        self.classes = nn.Conv2d(channels, classes, 3, 1, 1)
+        self.boxes = nn.Conv2d(channels, 4, 3, 1, 1)
+        self.centerness = nn.Conv2d(channels, 1, 3, 1, 1)
+
+    def forward(self, x):
+        p1 = self.level1(x)
+        per_level = []
+        for feature in (p1, self.level2(p1)):
+            t = self.tower(feature)
+            maps = torch.cat((self.classes(t), F.relu(self.boxes(t)), self.centerness(t)), dim=1)
+            per_level.append(maps.flatten(2).permute(0, 2, 1))
+        return torch.cat(per_level, dim=1)
+
+
+class KeypointHeatmaps(nn.Module):
+    """A keypoint model: strided conv encoder, back up to input resolution with a
+    ConvTranspose2d and a PixelShuffle (sub-pixel conv), one heatmap per keypoint."""
+
+    def __init__(self, keypoints: int = 3):
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.ReLU(),
+                                     nn.Conv2d(8, 16, 3, 2, 1), nn.ReLU())
+        self.deconv = nn.Sequential(nn.ConvTranspose2d(16, 8, 4, 2, 1), nn.ReLU())
+        self.subpixel = nn.Sequential(nn.Conv2d(8, keypoints * 4, 3, 1, 1), nn.PixelShuffle(2))
+
+    def forward(self, x):
+        return self.subpixel(self.deconv(self.encoder(x))).sigmoid()
+
+
 # --------------------------------------------------------------------------- the table
 
 def _image_model(model_cls, batch_and_sizes=((1, 32, 32), (2, 48, 40), (3, 32, 64))):
@@ -254,6 +293,8 @@ CORPUS = {
     "scripted_postprocess": _image_model(ScriptedPostprocess),
     "ssd_torchvision_ops": ssd_factory,
     "writes_through_views": _image_model(WritesThroughViews),
+    "fcos_groupnorm_head": _image_model(FCOSHead),
+    "keypoint_deconv_pixelshuffle": _image_model(KeypointHeatmaps),
 }
 # Today's exact error for each model that does not export yet (see the module docstring):
 # all are the emitter's list of ops without an ONNX lowering (UnsupportedOpsError).
@@ -267,6 +308,8 @@ EXPECTED_FAILURES: dict[str, str] = {
     # If/Loop, prim::dtype and list indexing lower now and infer-types types most of the
     # scripted body; a prim::Loop's carried values keep the untyped declared type.
     "scripted_postprocess": "output 0 of aten::add.Tensor has no known dtype (Tensor)",
+    # ConvTranspose2d lowers; the decompose pass leaves pixel_shuffle as it is.
+    "keypoint_deconv_pixelshuffle": "1 " + _NO_LOWERING + "aten::pixel_shuffle",
 }
 
 
