@@ -1241,3 +1241,12 @@ def _gelu(ctx: LoweringContext, node: Node) -> list:
     else:  # 0.5 x (1 + erf(x / sqrt 2))
         core = ctx.op("Erf", ctx.op("Mul", x, c(0.7071067811865476)))
     return [ctx.op("Mul", ctx.op("Mul", x, c(0.5)), ctx.op("Add", core, c(1.0)))]
+
+
+@lowering("aten::pixel_shuffle")
+def _pixel_shuffle(ctx: LoweringContext, node: Node) -> list:
+    # torch splits the channels as (C, r, r): ONNX's DepthToSpace in "CRD" order.
+    if ctx.rank(node, 0) != 4:
+        ctx.fail("pixel_shuffle is lowered for 4-D (N, C*r*r, H, W) inputs only",
+                 hint="reshape the input to 4-D around the call")
+    return [ctx.op("DepthToSpace", ctx.input(node, 0), blocksize=int(ctx.const(node, 1)), mode="CRD")]
