@@ -79,7 +79,7 @@ def bench(model: torch.nn.Module, *, name: str, artifacts=(), size: int = 512, b
     """Time ``model`` eager and each artifact directory in ``artifacts`` (none given:
     ``dexport export`` it into a temporary directory first) on ``batch`` synthetic images
     of ``size``×``size``. Returns the results as a JSON-ready dict (see module doc)."""
-    from dexport.artifacts import artifact_file, read_manifest
+    from dexport.artifacts import read_manifest
     from dexport.cli import sample_images
     from dexport.driver import export, io_kind_of
     from dexport.loader import detection_results, file_reader, load

@@ -11,7 +11,6 @@ result per image (post-processing), so ``load(dir)(inputs)`` is comparable with
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import torch

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from dexport.ir.errors import DexportError, PassError
-from dexport.ir.graph import CONSTANT, PARAM, Block, Graph, Node, Value
+from dexport.ir.graph import CONSTANT, PARAM, Graph, Node, Value
 from dexport.ir.ops import constant_input, get_op, has_op, overload_of
 from dexport.ir.types import NONE, ListType, TensorType, TupleType, Type
 from dexport.passes.base import Pass, register_pass, register_property
