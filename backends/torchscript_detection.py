@@ -21,10 +21,12 @@ defines the semantics) aten op for aten op, with the same scalar types and the s
 chunking, so on CPU the results are bit-identical: NMS keeps the same indices in the
 same order (stable score sort, blocked greedy scan of 256 boxes), roi_align groups
 rois by (image, grid size) and samples each group with one grid_sampler call,
-paste_masks and heatmaps_to_keypoints use the same interpolation matrices. Where
-python operators would pick another aten op in TorchScript the call is spelled out
-(``x.reciprocal() * c`` for eager's ``c / x``, ``torch.grid_sampler`` for
-``F.grid_sample``, ``.reshape`` where the kernel indexes with None).
+paste_masks and heatmaps_to_keypoints use the same interpolation matrices. Python
+spellings that eager maps to other aten ops than TorchScript would are written as
+the op eager runs: ``x.reciprocal() * c`` for ``c / x`` (Tensor.__rtruediv__), and
+``torch.grid_sampler`` is what ``F.grid_sample`` calls. The speed is the kernels'
+(same ops, same python-level loops: per 256-box NMS block, per roi_align group,
+per memory chunk; none per box).
 """
 
 from typing import Callable, List, Optional, Tuple  # noqa: F401  (pasted code uses them)
@@ -387,8 +389,9 @@ def dexport_heatmaps_to_keypoints(maps: torch.Tensor, rois: torch.Tensor) -> tor
         logit = resized.gather(2, pos.unsqueeze(-1)).squeeze(2)
         y_int = torch.div(pos, max_w, rounding_mode="floor")
         x_int = pos - y_int * max_w
-        x = (x_int + 0.5) * (widths[start:stop] / out_w[start:stop]).unsqueeze(1) + rois[start:stop, 0].unsqueeze(1)
-        y = (y_int + 0.5) * (heights[start:stop] / out_h[start:stop]).unsqueeze(1) + rois[start:stop, 1].unsqueeze(1)
+        chunk_rois = rois[start:stop]
+        x = (x_int + 0.5) * (widths[start:stop] / out_w[start:stop]).unsqueeze(1) + chunk_rois[:, 0].unsqueeze(1)
+        y = (y_int + 0.5) * (heights[start:stop] / out_h[start:stop]).unsqueeze(1) + chunk_rois[:, 1].unsqueeze(1)
         score = torch.exp(chunk - logit.unsqueeze(-1).unsqueeze(-1)).sum(dim=[2, 3]).reciprocal()
         pieces.append(torch.stack([x, y, logit, score], dim=-1))
         start = stop
