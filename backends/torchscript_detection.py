@@ -14,7 +14,10 @@ The contract, which keeps pasting safe:
 * every name starts with ``dexport_`` so it cannot collide with generated code;
 * ``FUNCTIONS`` maps an op name to its function, which takes the IR node's inputs
   (the op schema's arguments, in order) and returns what the op returns;
-  ``HELPERS`` lists the functions those call, in an order that pastes top to bottom.
+  ``HELPERS`` lists the functions those call, in an order that pastes top to bottom;
+* callers pass arguments of the annotated types: TorchScript converts no int to
+  float in a call, so a float argument is written ``1.0`` (not ``1``) and a weights
+  list ``[1.0, 1.0, 1.0, 1.0]``.
 
 Each function repeats its reference kernel in ``dexport.ir.dialects.dexport`` (which
 defines the semantics) aten op for aten op, with the same scalar types and the same
@@ -29,9 +32,9 @@ the op eager runs: ``x.reciprocal() * c`` for ``c / x`` (Tensor.__rtruediv__), a
 per memory chunk; none per box).
 """
 
-from typing import Callable, List, Optional, Tuple  # noqa: F401  (pasted code uses them)
-
-import math  # noqa: F401  (part of the namespace pasted code may use)
+# The names pasted code may use (besides torch); Callable only types the tables below.
+import math  # noqa: F401
+from typing import Callable, List, Optional, Tuple  # noqa: F401
 
 import torch
 
@@ -122,12 +125,14 @@ def dexport_greedy_nms(
 
 
 def dexport_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    """dexport::nms: indices (i64) of the kept boxes by decreasing score."""
     return dexport_greedy_nms(boxes, scores, iou_threshold, None)
 
 
 def dexport_batched_nms(
     boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float
 ) -> torch.Tensor:
+    """dexport::batched_nms: like nms, boxes only suppress boxes with the same idxs."""
     return dexport_greedy_nms(boxes, scores, iou_threshold, idxs)
 
 
@@ -401,7 +406,7 @@ def dexport_heatmaps_to_keypoints(maps: torch.Tensor, rois: torch.Tensor) -> tor
 # --------------------------------------------------------------------------- tables
 
 # Auxiliary functions, in an order that pastes top to bottom (callees first).
-HELPERS: List[Callable] = [
+HELPERS: list[Callable] = [
     dexport_box_overlaps,
     dexport_box_suppresses,
     dexport_greedy_nms,
@@ -409,7 +414,8 @@ HELPERS: List[Callable] = [
     dexport_resize_weights,
 ]
 
-FUNCTIONS: dict = {
+# Op name -> its TorchScript version (inputs in the op schema's order).
+FUNCTIONS: dict[str, Callable] = {
     "dexport::nms": dexport_nms,
     "dexport::batched_nms": dexport_batched_nms,
     "dexport::roi_align": dexport_roi_align,

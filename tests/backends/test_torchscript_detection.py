@@ -99,6 +99,7 @@ def test_nms_and_batched_nms_keep_the_kernels_indices_in_its_order(threshold):
         for boxes, scores, classes in _nms_cases(torch.Generator().manual_seed(seed)):
             _assert_same("dexport::nms", boxes, scores, threshold)
             _assert_same("dexport::batched_nms", boxes, scores, classes, threshold)
+        _assert_same("dexport::nms", boxes.double(), scores.double(), threshold)  # the last case: special boxes
 
 
 # --------------------------------------------------------------------------- RoIAlign
@@ -126,6 +127,7 @@ def test_roi_align_matches_the_kernel(aligned, sampling_ratio):
             x = torch.randn(batch, channels, height, width, generator=gen)
             rois = _rois(k, batch, gen, span=4 * max(height, width))
             _assert_same("dexport::roi_align", x, rois, scale, 7, 5, sampling_ratio, aligned)
+        _assert_same("dexport::roi_align", x.double(), rois, 0.5, 3, 4, sampling_ratio, aligned)
 
 
 # --------------------------------------------------------------------------- box coding
