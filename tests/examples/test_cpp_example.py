@@ -235,3 +235,12 @@ def test_detect_names_ops_libtorch_lacks(detect_binary, tmp_path):
     done = run_detect(detect_binary, path, image)
     assert done.returncode == 1 and "Unknown builtin op: dexport::nms" in done.stderr
     assert "an op that libtorch alone does not have" in done.stderr
+
+
+def test_a_missing_build_tool_fails_in_ci_and_skips_elsewhere(monkeypatch):
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="example needs cmake: install it on the CI machine"):
+        _missing("cmake")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="needs cmake"):
+        _missing("cmake")
