@@ -44,7 +44,7 @@ def _missing(what: str):
 
 
 @pytest.fixture(scope="session")
-def detect_binary(request) -> Path:
+def detect_binary(request, tmp_path_factory) -> Path:
     """examples/cpp built in Release mode (`cmake --build -j 2`), once per torch install."""
     cmake = _tool("cmake")
     if cmake is None:
@@ -53,7 +53,8 @@ def detect_binary(request) -> Path:
         _missing("a C++ compiler (g++ or clang++)")
     import torch.utils
     key = hashlib.sha256(f"{cmake} {torch.__version__} {torch.utils.cmake_prefix_path}".encode()).hexdigest()[:12]
-    build = Path(request.config.cache.mkdir(f"cpp-example-{key}"))
+    cache = getattr(request.config, "cache", None)  # absent under `-p no:cacheprovider`
+    build = Path(cache.mkdir(f"cpp-example-{key}")) if cache else tmp_path_factory.mktemp("cpp-example")
     for command in ([cmake, "-S", str(EXAMPLE), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
                      f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}"],
                     [cmake, "--build", str(build), "-j", "2"]):
