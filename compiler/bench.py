@@ -76,19 +76,18 @@ def failure_reason(exc: BaseException, limit: int = 120) -> str:
     return reason if len(reason) <= limit else reason[:limit - 3] + "..."
 
 
-def jit_compiled(model: torch.nn.Module, flat: list[torch.Tensor]):
+def jit_compiled(model: torch.nn.Module, inputs: list[dict], flat: list[torch.Tensor], output_sizes: list[tuple]):
     """torch.jit.trace of ``forward_batched`` on ``flat`` and torch.jit.script of the
-    whole model, as (label, how to compile, how to call the result on the bench's inputs
-    -> the list API's results) for :func:`bench`."""
+    whole model, as (label, how to compile, how to call the result on the bench's
+    images -> the list API's results) for :func:`bench`."""
     from dexport.loader import detection_results
 
     def trace():
         with torch.no_grad():
             return torch.jit.trace_module(model, {"forward_batched": tuple(flat)}, strict=False, check_trace=False)
 
-    return [(JIT_TRACE, trace, lambda traced, inputs, sizes:
-             detection_results(traced.forward_batched(*flat), sizes.outputs)),
-            (JIT_SCRIPT, lambda: torch.jit.script(model), lambda scripted, inputs, sizes: scripted(inputs))]
+    return [(JIT_TRACE, trace, lambda traced: detection_results(traced.forward_batched(*flat), output_sizes)),
+            (JIT_SCRIPT, lambda: torch.jit.script(model), lambda scripted: scripted(inputs))]
 
 
 def backbone_floor(model: torch.nn.Module, images: torch.Tensor, image_sizes: torch.Tensor, *,
@@ -150,7 +149,7 @@ def bench(model: torch.nn.Module, *, name: str, artifacts=(), size: int = 512, b
     timed(BASELINE, lambda: model(inputs))
     timed("eager forward_batched", lambda: model.forward_batched(images, image_sizes, output_sizes))
 
-    for label, compile_model, call in jit_compiled(model, flat):
+    for label, compile_model, call in jit_compiled(model, inputs, flat, sizes.outputs):
         with step(f"compiling and timing {label} ({warmup} warm-up + {runs} runs)"), warnings.catch_warnings():
             # deprecation of torch.jit and the trace's own warnings: nothing the user can act on here
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -158,11 +157,11 @@ def bench(model: torch.nn.Module, *, name: str, artifacts=(), size: int = 512, b
             try:
                 compiled = compile_model()
                 with torch.no_grad():
-                    report = compare_outputs(expected, call(compiled, inputs, sizes))
+                    report = compare_outputs(expected, call(compiled))
             except Exception as exc:  # a model torch cannot compile is a row of the table, not a failure
                 entries.append({"name": label, "error": f"n/a: {failure_reason(exc)}"})
                 continue
-            measure(label, lambda c=compiled, f=call: f(c, inputs, sizes), parity=report.summary(),
+            measure(label, lambda c=compiled, f=call: f(c), parity=report.summary(),
                     parity_ok=report.ok)
 
     with tempfile.TemporaryDirectory(prefix="dexport-bench-") as tmp:
