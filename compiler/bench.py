@@ -256,5 +256,5 @@ def write_results(result: dict, json_path=None, md_path=None) -> None:
             write_report(check_report_path(path, flag), text())
 
 
-__all__ = ["BASELINE", "JIT_SCRIPT", "JIT_TRACE", "backbone_floor", "bench", "failure_reason", "jit_compiled", "latency",
-           "machine_info", "to_markdown", "write_results"]
+__all__ = ["BASELINE", "JIT_SCRIPT", "JIT_TRACE", "backbone_floor", "bench", "failure_reason", "jit_compiled",
+           "latency", "machine_info", "to_markdown", "write_results"]

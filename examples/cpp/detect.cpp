@@ -198,7 +198,8 @@ int run(int argc, char** argv) {
   } catch (const std::exception& e) {
     throw ModelError(std::string("the model failed on the batch: ") + what_without_backtrace(e));
   }
-  if (!result.isGenericDict()) throw ModelError("the model returned " + result.tagKind() + ", expected a dict of tensors");
+  if (!result.isGenericDict())
+    throw ModelError("the model returned " + result.tagKind() + ", expected a dict of tensors");
   const auto outputs = result.toGenericDict();
 
   const auto boxes = output_field(outputs, "boxes").to(torch::kFloat64).contiguous();
