@@ -11,6 +11,10 @@ Entries for a detector (a model with ``forward_batched``):
 * ``eager model(list)``: the model's own list API, what a user runs today: the baseline
   every ratio is taken against;
 * ``eager forward_batched``: the same network on the padded batch the artifact takes;
+* ``torch.jit.trace forward_batched`` and ``torch.jit.script model(list)``: torch's own
+  compilers applied to the same eager model object (the trace on the batched entry
+  point's tensors, so it is specialised to this batch), with parity against eager; where
+  one fails on the model the entry holds ``error`` ("n/a: <reason>") instead of times;
 * one entry per artifact (``dexport export`` directories, any format), run by its
   backend's runner on the batched input, with detection parity against eager on that input;
 * ``floor``: the backbone + FPN alone (captured on the normalised, padded image and
@@ -24,9 +28,11 @@ from contextlib import nullcontext
 import json
 import os
 import platform
+import re
 import statistics
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -36,6 +42,8 @@ from dexport.backends.base import DEFAULT_BACKEND, Backend, Emission, get_backen
 from dexport.ir.errors import DexportError
 
 BASELINE = "eager model(list)"
+JIT_TRACE = "torch.jit.trace forward_batched"
+JIT_SCRIPT = "torch.jit.script model(list)"
 
 
 def latency(fn: Callable[[], Any], *, runs: int, warmup: int) -> dict:
@@ -55,6 +63,31 @@ def latency(fn: Callable[[], Any], *, runs: int, warmup: int) -> dict:
         return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
     return {"median_ms": statistics.median(times), "p10_ms": quantile(0.1), "p90_ms": quantile(0.9),
             "runs": runs, "warmup": warmup}
+
+
+def failure_reason(exc: BaseException, limit: int = 120) -> str:
+    """An exception as a short table cell: its first line and, where the message points
+    into a source file (as torch.jit's errors do), that file's name and line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    reason = (lines[0].rstrip(":") if lines else type(exc).__name__)
+    where = re.search(r'File "([^"]+)", line (\d+)', str(exc))
+    if where:
+        reason += f" ({os.path.basename(where.group(1))}:{where.group(2)})"
+    return reason if len(reason) <= limit else reason[:limit - 3] + "..."
+
+
+def jit_compiled(model: torch.nn.Module, inputs: list[dict], flat: list[torch.Tensor], output_sizes: list[tuple]):
+    """torch.jit.trace of ``forward_batched`` on ``flat`` and torch.jit.script of the
+    whole model, as (label, how to compile, how to call the result on the bench's
+    images -> the list API's results) for :func:`bench`."""
+    from dexport.loader import detection_results
+
+    def trace():
+        with torch.no_grad():
+            return torch.jit.trace_module(model, {"forward_batched": tuple(flat)}, strict=False, check_trace=False)
+
+    return [(JIT_TRACE, trace, lambda traced: detection_results(traced.forward_batched(*flat), output_sizes)),
+            (JIT_SCRIPT, lambda: torch.jit.script(model), lambda scripted: scripted(inputs))]
 
 
 def backbone_floor(model: torch.nn.Module, images: torch.Tensor, image_sizes: torch.Tensor, *,
@@ -103,15 +136,33 @@ def bench(model: torch.nn.Module, *, name: str, artifacts=(), size: int = 512, b
     entries: list[dict] = []
     used: list[Backend] = []  # the backends timed, first one also for the floor
 
+    def measure(label: str, fn, **extra):
+        with torch.no_grad():
+            entries.append({"name": label, **latency(fn, runs=runs, warmup=warmup), **extra})
+
     def timed(label: str, fn, **extra):
         with step(f"timing {label} ({warmup} warm-up + {runs} runs)"):
-            with torch.no_grad():
-                entries.append({"name": label, **latency(fn, runs=runs, warmup=warmup), **extra})
+            measure(label, fn, **extra)
 
     with torch.no_grad():
         expected = model(inputs)
     timed(BASELINE, lambda: model(inputs))
     timed("eager forward_batched", lambda: model.forward_batched(images, image_sizes, output_sizes))
+
+    for label, compile_model, call in jit_compiled(model, inputs, flat, sizes.outputs):
+        with step(f"compiling and timing {label} ({warmup} warm-up + {runs} runs)"), warnings.catch_warnings():
+            # deprecation of torch.jit and the trace's own warnings: nothing the user can act on here
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            try:
+                compiled = compile_model()
+                with torch.no_grad():
+                    report = compare_outputs(expected, call(compiled))
+            except Exception as exc:  # a model torch cannot compile is a row of the table, not a failure
+                entries.append({"name": label, "error": f"n/a: {failure_reason(exc)}"})
+                continue
+            measure(label, lambda c=compiled, f=call: f(c), parity=report.summary(),
+                    parity_ok=report.ok)
 
     with tempfile.TemporaryDirectory(prefix="dexport-bench-") as tmp:
         directories = [Path(a) for a in artifacts]
@@ -148,6 +199,8 @@ def bench(model: torch.nn.Module, *, name: str, artifacts=(), size: int = 512, b
     base = next(e["median_ms"] for e in entries if e["name"] == BASELINE)
     floor_ms = entries[-1]["median_ms"] if floor else None
     for e in entries:
+        if "error" in e:
+            continue
         e["vs_baseline"] = e["median_ms"] / base
         if floor_ms:
             e["vs_floor"] = e["median_ms"] / floor_ms
@@ -179,6 +232,9 @@ def to_markdown(result: dict) -> str:
              "| entry | median ms | p10 ms | p90 ms | vs baseline | vs floor | nodes | parity |",
              "|---|---:|---:|---:|---:|---:|---:|---|"]
     for e in result["entries"]:
+        if "error" in e:
+            lines.append(f"| {e['name']} | {e['error']} | | | | | | |")
+            continue
         parity = "" if "parity_ok" not in e else ("ok" if e["parity_ok"] else "MISMATCH")
         vs_floor = f"{e['vs_floor']:.2f}x" if "vs_floor" in e else ""
         lines.append(f"| {e['name']} | {e['median_ms']:.1f} | {e['p10_ms']:.1f} | {e['p90_ms']:.1f} | "
@@ -200,4 +256,5 @@ def write_results(result: dict, json_path=None, md_path=None) -> None:
             write_report(check_report_path(path, flag), text())
 
 
-__all__ = ["BASELINE", "backbone_floor", "bench", "latency", "machine_info", "to_markdown", "write_results"]
+__all__ = ["BASELINE", "JIT_SCRIPT", "JIT_TRACE", "backbone_floor", "bench", "failure_reason", "jit_compiled",
+           "latency", "machine_info", "to_markdown", "write_results"]

@@ -1,10 +1,14 @@
 """`dexport bench` and benchmarks/export_compare.py write their results with the
 expected structure (times are never asserted: the machine is shared)."""
 import importlib.util
+import inspect
 import json
 from pathlib import Path
 
-from dexport.bench import BASELINE, latency
+import pytest
+import torch
+
+from dexport.bench import BASELINE, JIT_SCRIPT, JIT_TRACE, failure_reason, latency
 from dexport.cli import main
 
 
@@ -20,20 +24,32 @@ def test_bench_writes_json_and_markdown(tmp_path, capsys):
     assert main(["bench", "--model", "zoo:mask_rcnn_tiny", "--size", "64", "--runs", "2", "--warmup", "1",
                  "--threads", "1", "--json", str(out_json), "--md", str(out_md)]) == 0
     captured = capsys.readouterr()
-    assert "[7/7] timing floor" in captured.err
+    assert "[9/9] timing floor" in captured.err
     result = json.loads(out_json.read_text())
     assert result["baseline"] == BASELINE and result["threads"] == 1 and result["size"] == 64
     names = [e["name"] for e in result["entries"]]
-    assert names == [BASELINE, "eager forward_batched", "onnxruntime artifact",
+    assert names == [BASELINE, "eager forward_batched", JIT_TRACE, JIT_SCRIPT, "onnxruntime artifact",
                      "floor: backbone+FPN (onnxruntime)"]
-    for e in result["entries"]:
+    md = out_md.read_text()
+    timed = [e for e in result["entries"] if "error" not in e]
+    for e in timed:
         assert {"median_ms", "p10_ms", "p90_ms", "vs_baseline", "vs_floor"} <= set(e)
         assert e["runs"] == 2 and e["warmup"] == 1
-    artifact = result["entries"][2]
-    assert artifact["parity_ok"] and artifact["nodes"] > result["entries"][3]["nodes"] > 0
+    # torch.jit.trace of forward_batched works on the zoo: timed in the same run, same detections
+    trace = result["entries"][2]
+    assert trace in timed and trace["median_ms"] > 0 and trace["parity_ok"]
+    assert trace["vs_baseline"] == trace["median_ms"] / result["entries"][0]["median_ms"]
+    assert f"| {JIT_TRACE} | {trace['median_ms']:.1f} |" in md
+    script = result["entries"][3]  # the zoo does not script today; either way the row is there
+    if "error" in script:
+        assert script["error"].startswith("n/a: ") and "median_ms" not in script
+        assert f"| {JIT_SCRIPT} | {script['error']} |" in md
+    else:
+        assert script["median_ms"] > 0 and "parity_ok" in script
+    artifact = result["entries"][4]
+    assert artifact["parity_ok"] and artifact["nodes"] > result["entries"][5]["nodes"] > 0
     assert artifact["format"] == "onnx" and "onnxruntime" in result["machine"]["runtimes"]
     assert len(result["machine"]["loadavg_before"]) == 3
-    md = out_md.read_text()
     assert md in captured.out
     assert md.count("\n| ") == 1 + len(names) and "vs baseline" in md
 
@@ -47,8 +63,25 @@ def test_bench_times_given_artifacts(tmp_path):
     from dexport.bench import bench
     result = bench(model, name="faster_rcnn_tiny", artifacts=[tmp_path / "plain"], size=64, runs=1,
                    warmup=0, threads=1, floor=False)
-    assert [e["name"] for e in result["entries"]][2:] == ["onnxruntime plain"]
-    assert "vs_floor" not in result["entries"][0] and result["entries"][2]["artifact"].endswith("plain")
+    assert [e["name"] for e in result["entries"]][4:] == ["onnxruntime plain"]
+    assert "vs_floor" not in result["entries"][0] and result["entries"][4]["artifact"].endswith("plain")
+
+
+class _Unscriptable(torch.nn.Module):
+    def forward(self, x):
+        return {**{"x": x}}
+
+
+@pytest.mark.filterwarnings(r"ignore:`torch\.jit\.script:DeprecationWarning")
+def test_failure_reason_is_one_short_line_with_the_source_place():
+    with pytest.raises(Exception) as caught:
+        torch.jit.script(_Unscriptable())
+    reason = failure_reason(caught.value)
+    line = inspect.getsourcelines(_Unscriptable.forward)[1] + 1
+    assert reason.startswith("Dict expansion") and reason.endswith(f"(test_bench.py:{line})")
+    assert "\n" not in reason and len(reason) <= 120
+    assert failure_reason(ValueError("x" * 500), limit=40) == "x" * 37 + "..."
+    assert failure_reason(RuntimeError()) == "RuntimeError"
 
 
 
