@@ -38,7 +38,7 @@ from dexport.ir import dims as dimexpr
 from dexport.ir.errors import PassError
 from dexport.ir.graph import CONSTANT, PARAM, Block, Graph, Node, Value
 from dexport.ir.interpreter import evaluate_node
-from dexport.ir.types import INT, NONE, ListType, TensorType, Type
+from dexport.ir.types import FLOAT, INT, NONE, ListType, TensorType, Type
 from dexport.ir.verifier import type_conflict
 from dexport.passes.base import Pass, register_pass
 
@@ -256,6 +256,8 @@ class _Propagation:
                 return _UNKNOWN
         if typ == INT:
             return self.env.create_unbacked_symint()
+        if typ == FLOAT:  # unknown (a trip number made float): sizes from it stay unknown
+            return self.env.create_unbacked_symfloat()
         if typ == NONE:
             return None
         return _UNKNOWN

@@ -4,15 +4,26 @@ int round trips through 0-d tensors. Each folds only what the IR proves (a tenso
 type's dtype, a list built element by element, an input that can never be None);
 what stays is lowered by the ONNX backend (``dexport.backends.onnx_control_flow``).
 ``fold-constants`` finishes chains whose inputs all became constants.
+
+Control flow the constants decide goes too (``CONTROL_FLOW_RULES``, also run by
+``fold-constants`` once it has folded conditions): a ``prim::If`` with a constant
+condition becomes a copy of its taken branch, and a ``prim::Loop`` with a constant
+trip count of at most ``MAX_UNROLL_TRIPS`` whose condition stays a constant true is
+unrolled into that many copies of its body (so no ONNX ``Loop`` is emitted for
+``for i in range(3)``). A loop that may stop early (``break``, an early ``return``)
+is kept.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from dexport.ir.graph import CONSTANT, Graph, Node, Value
+from dexport.ir.graph import CONSTANT, Block, Graph, Node, Value, copy_block_before
 from dexport.ir.ops import type_of_constant
 from dexport.ir.types import ANY, NONE, OptionalType, TensorType
-from dexport.passes.rewrite import Const, Match, Op, Rule, Var
+from dexport.passes.rewrite import Const, Match, Op, Rewriter, Rule, Var
+
+MAX_UNROLL_TRIPS = 8      # a constant loop of more trips stays an ONNX Loop
+MAX_UNROLLED_NODES = 512  # nor is a loop unrolled into more nodes than this
 
 
 def _constant_value(graph: Graph, root: Node, value: Any, type_=None) -> Value:
@@ -140,5 +151,111 @@ class UncheckedCastOfKnown(ScriptedRule):
         return match["x"]
 
 
+# --------------------------------------------------------------------------- control flow
+
+class _Leading(Op):
+    """An ``Op`` pattern that matches its inputs against the node's first inputs only
+    (a loop's carried values come after its trip count and condition)."""
+
+    def match_node(self, node: Node, match: Match) -> str | None:
+        if node.op not in self.ops or not node.blocks:
+            return f"expected {' or '.join(self.ops)} with blocks, got {node.op}"
+        if len(node.inputs) < len(self.inputs):
+            return f"{node.op} has {len(node.inputs)} inputs, fewer than {len(self.inputs)}"
+        for i, (pattern, value) in enumerate(zip(self.inputs, node.inputs)):
+            reason = pattern.match_value(value, match)
+            if reason is not None:
+                return f"{node.op} input {i}: {reason}"
+        return None
+
+
+class InlineConstantIf(ScriptedRule):
+    """``prim::If`` on a constant condition: its taken branch, inlined."""
+    pattern = _Leading("prim::If", Const("cond", lambda c: isinstance(c, bool)))
+
+    def check(self, match: Match) -> str | None:
+        return None if len(match.root.blocks) == 2 else "not a two-branch If"
+
+    def rewrite(self, match: Match, graph: Graph) -> list[Value]:
+        return copy_block_before(match.root.blocks[0 if match["cond"] else 1], match.root, {})
+
+
+class UnrollConstantLoop(ScriptedRule):
+    """``prim::Loop`` with a small constant trip count that never stops early: its
+    body copied once per trip, each copy reading the trip number as a constant and the
+    previous copy's carried values."""
+    pattern = _Leading("prim::Loop", Const("trips", lambda n: isinstance(n, int) and not isinstance(n, bool)),
+                       Const("cond", lambda c: c is True))
+
+    def check(self, match: Match) -> str | None:
+        trips, body = match["trips"], match.root.blocks[0]
+        if not 0 <= trips <= MAX_UNROLL_TRIPS:
+            return f"{trips} trips (unrolled up to {MAX_UNROLL_TRIPS})"
+        if not _is_constant(body.returns[0], True):
+            return "the loop may stop early (its condition is computed in the body)"
+        size = _size(body)
+        if trips * size > MAX_UNROLLED_NODES:
+            return f"{trips} trips of {size} nodes is more than {MAX_UNROLLED_NODES} nodes unrolled"
+        return None
+
+    def rewrite(self, match: Match, graph: Graph) -> list[Value]:
+        loop = match.root
+        body = loop.blocks[0]
+        carried = list(loop.inputs[2:])
+        for trip in range(match["trips"]):
+            args = dict(zip(body.params, [_constant_value(graph, loop, trip), *carried]))
+            carried = copy_block_before(body, loop, args)[1:]
+        return carried
+
+
+def _is_constant(value: Value, want: Any) -> bool:
+    node = value.node
+    return node is not None and node.op == CONSTANT and node.attrs.get("value") is want
+
+
+def _size(block: Block) -> int:
+    return sum(1 + sum(_size(b) for b in n.blocks) for n in block.nodes)
+
+
+def forward_invariant_carried(graph: Graph) -> int:
+    """A loop-carried value that every trip hands back unchanged (TorchScript carries an
+    Optional argument refined inside the loop) is its initial value: the body and the
+    loop's readers read that instead (``dce`` then drops the carried slot), so ``is None``
+    tests on it fold. Returns the number forwarded."""
+    forwarded = 0
+    for loop in graph.find_nodes("prim::Loop"):
+        if not loop.blocks:
+            continue
+        body = loop.blocks[0]
+        for initial, param, result, out in zip(loop.inputs[2:], body.params[1:], body.returns[1:], loop.outputs):
+            if (param.uses or out.uses) and result is not initial and _same_as(result, param):
+                param.replace_all_uses_with(initial)
+                out.replace_all_uses_with(initial)
+                forwarded += 1
+    return forwarded
+
+
+def _same_as(value: Value, param: Value) -> bool:
+    """Whether ``value`` is ``param`` on every path (through refinements and If branches)."""
+    if value is param:
+        return True
+    node = value.node
+    if node is None:
+        return False
+    if node.op == "prim::unchecked_cast":
+        return _same_as(node.inputs[0], param)
+    if node.op == "prim::If" and len(node.blocks) == 2:
+        return all(_same_as(b.returns[value.index], param) for b in node.blocks)
+    return False
+
+
+CONTROL_FLOW_RULES: tuple[Rule, ...] = (InlineConstantIf(), UnrollConstantLoop())
+
+
+def fold_control_flow(graph: Graph) -> int:
+    """Inline every If and unroll every loop the constants decide; the number of them."""
+    return Rewriter(CONTROL_FLOW_RULES).apply(graph)
+
+
 SCRIPTED_RULES: tuple[Rule, ...] = (DtypeOfTyped(), GetItemOfBuiltList(), LenOfBuiltList(), IsNone(),
-                                    IntOfNumToTensor(), UncheckedCastOfKnown())
+                                    IntOfNumToTensor(), UncheckedCastOfKnown(), *CONTROL_FLOW_RULES)
