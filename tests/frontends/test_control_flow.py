@@ -10,6 +10,7 @@ import torch
 import dexport
 from dexport.backends.onnx import emit_onnx, run_onnx
 from dexport.ir import verify
+from dexport.ir.errors import CaptureError
 from dexport.ir.interpreter import run
 from dexport.ir.parser import parse
 from dexport.passes import PassManager
@@ -233,3 +234,64 @@ def test_fold_constants_unrolls_a_loop_whose_trip_count_it_computed():
     got = run(graph, [x, t])
     torch.testing.assert_close(got[0], want[0])
     assert got[1] == want[1]
+
+
+@torch.jit.script
+def sum_first_rows(x: torch.Tensor, n: int) -> torch.Tensor:
+    out = torch.zeros_like(x[0])
+    for i in range(n):
+        out = out + x[i]
+    return out
+
+
+@torch.jit.script
+def sum_all_rows(x: torch.Tensor) -> torch.Tensor:
+    out = torch.zeros_like(x[0])
+    for i in range(x.size(0)):  # the size read inside: TorchScript keeps it a computation
+        out = out + x[i]
+    return out
+
+
+class ScaleRows(torch.nn.Module):
+    def forward(self, x: torch.Tensor, scale: float) -> torch.Tensor:
+        return x * scale
+
+
+class PassesSize(torch.nn.Module):
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+        self.scale = torch.jit.script(ScaleRows())
+
+    def forward(self, x):
+        if self.how == "size":
+            return sum_first_rows(x * 2.0, x.shape[0])  # a 3-row trace would loop 3 times on 5 rows
+        if self.how == "module":
+            return self.scale(x, x.shape[1] * 0.5)
+        if self.how == "value":
+            return self.scale(x, x.abs().max())
+        return sum_all_rows(x * 2.0)
+
+
+@pytest.mark.parametrize("how,op,reads", [("size", "prim::CallFunction", "sizes"),
+                                          ("module", "prim::CallMethod", "sizes"),
+                                          ("value", "prim::CallMethod", "values")])
+def test_a_traced_number_passed_into_scripted_code_is_refused_not_baked(how, op, reads):
+    with pytest.raises(CaptureError) as info:
+        dexport.capture(PassesSize(how), (torch.randn(3, 4),))
+    err = info.value
+    assert err.op == op and err.source.endswith("test_control_flow.py:" + str(_line_of(how)))
+    assert f"computed from the input {reads}" in err.what and "x.size(0)" in err.hint
+
+
+def _line_of(how: str) -> int:
+    import inspect
+    lines, start = inspect.getsourcelines(PassesSize.forward)
+    return start + next(i for i, line in enumerate(lines) if f'"{how}"' in line) + 1
+
+
+def test_the_size_read_inside_the_scripted_function_follows_the_input():
+    model = PassesSize("inside")
+    graph = dexport.capture(model, (torch.randn(3, 4),))
+    x = torch.randn(5, 4)
+    torch.testing.assert_close(graph(x), model(x))  # 5 trips, not the example's 3
