@@ -8,7 +8,9 @@ symbols, so results come out symbolic. dexport's own ops run their fake kernels;
 data-dependent sizes (NMS survivors) become fresh symbols, written ``n0``, ``n1``...
 Blocks are walked too: an ``If``'s outputs get what both branches agree on, a
 ``Loop``'s carried values (body parameters and outputs) what the initial values and
-the body's results agree on, walking the body again until that is stable.
+the body's results agree on, walking the body again until that is stable
+(``prim::Uninitialized``, TorchScript's placeholder on a path that has not set a value
+yet, takes the type of the other side).
 
 What propagation finds only adds to a type, never replaces it: a known dtype, rank
 or dim stays. A dtype or rank (or, where int dims are facts, a size) that
@@ -43,6 +45,7 @@ from dexport.ir.verifier import type_conflict
 from dexport.passes.base import Pass, register_pass
 
 _UNKNOWN = object()  # a value propagation knows nothing about (None is a value)
+_UNSET = object()    # the type of prim::Uninitialized in a join: whatever the other side has
 _MAX_LOOP_WALKS = 6  # walks of a loop body to agree on its carried types
 _FIRST_HINT = 64  # sizes named dims are traced at: big enough for any kernel's size checks
 # Sizes each symbol takes when an expression is read back as text (dexport.ir.dims.fit).
@@ -154,8 +157,9 @@ class _Propagation:
     def _if(self, node: Node) -> list:
         for b in node.blocks:
             self._walk(b)
-        return [_Typed(_agreement(self._known_type(r0), self._known_type(r1)))
-                for r0, r1 in zip(node.blocks[0].returns, node.blocks[1].returns)]
+        joined = [_join(self._slot_type(r0), self._slot_type(r1))
+                  for r0, r1 in zip(node.blocks[0].returns, node.blocks[1].returns)]
+        return [_UNKNOWN if t is _UNSET or t is None else _Typed(t) for t in joined]
 
     def _loop(self, node: Node) -> list:
         """A loop's carried values: what the initial values and every trip's results
@@ -163,16 +167,16 @@ class _Propagation:
         rank is lost at most once, so a few walks suffice)."""
         body = node.blocks[0]
         carried_in, carried_params = node.inputs[2:], body.params[1:]
-        carried = [self._known_type(v) for v in carried_in]
+        carried = [self._slot_type(v) for v in carried_in]
         mark = len(self.found)
         for _ in range(_MAX_LOOP_WALKS):
             del self.found[mark:]  # only the last walk's findings hold on every trip
             self._forget(body)
             for param, typ in zip(carried_params, carried):
-                if typ is not None:
+                if typ is not None and typ is not _UNSET:
                     self.inferred[param] = typ
             self._walk(body)
-            joined = [_agreement(t, self._known_type(r)) for t, r in zip(carried, body.returns[1:])]
+            joined = [_join(t, self._slot_type(r)) for t, r in zip(carried, body.returns[1:])]
             if joined == carried:
                 break
             carried = joined
@@ -180,10 +184,19 @@ class _Propagation:
             del self.found[mark:]
             self._forget(body)
             return [_UNKNOWN] * len(node.outputs)
+        carried = [None if t is _UNSET else t for t in carried]
         for param, typ in zip(carried_params, carried):
             if typ is not None and isinstance(param.type, (TensorType, ListType)):
                 self.found.append((node, param, typ))
         return [_Typed(t) if t is not None else _UNKNOWN for t in carried]
+
+    def _slot_type(self, value: Value):
+        """The type ``value`` brings into a join (_UNSET: TorchScript's placeholder for a
+        value not set yet on this path, which any other path's type overrides)."""
+        node = value.node
+        if node is not None and node.op == "prim::Uninitialized":
+            return _UNSET
+        return self._known_type(value)
 
     def _forget(self, block: Block) -> None:
         """Drop what an earlier walk of ``block`` learnt (its carried types changed)."""
@@ -376,6 +389,15 @@ def _agreement(a: Type | None, b: Type | None) -> Type | None:
     if a.shape is not None and b.shape is not None and len(a.shape) == len(b.shape):
         shape = tuple(x if x == y else "?" for x, y in zip(a.shape, b.shape))
     return TensorType(dtype, shape)
+
+
+def _join(a, b):
+    """``_agreement`` where _UNSET (a placeholder, prim::Uninitialized) takes the other side."""
+    if a is _UNSET:
+        return b
+    if b is _UNSET:
+        return a
+    return _agreement(a, b)
 
 
 def _more_known(declared: Type, inferred: Type) -> Type:

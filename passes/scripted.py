@@ -1,6 +1,6 @@
 """Canonicalize rules for what TorchScript leaves in a traced graph when scripted code
-runs inside the trace: dtype queries, list indexing and lengths, ``is None`` tests and
-int round trips through 0-d tensors. Each folds only what the IR proves (a tensor
+runs inside the trace: dtype, rank and device queries, list indexing and lengths,
+``is None`` tests and int round trips through 0-d tensors. Each folds only what the IR proves (a tensor
 type's dtype, a list built element by element, an input that can never be None);
 what stays is lowered by the ONNX backend (``dexport.backends.onnx_control_flow``).
 ``fold-constants`` finishes chains whose inputs all became constants.
@@ -16,6 +16,8 @@ is kept.
 from __future__ import annotations
 
 from typing import Any
+
+import torch
 
 from dexport.ir.graph import CONSTANT, Block, Graph, Node, Value, copy_block_before
 from dexport.ir.ops import type_of_constant
@@ -151,6 +153,42 @@ class UncheckedCastOfKnown(ScriptedRule):
         return match["x"]
 
 
+class IntOfTensorInt(ScriptedRule):
+    """``int(torch.tensor(n))``: n itself (an int tensor made from an int, read back)."""
+    pattern = Op(("aten::Int.Tensor", "aten::IntImplicit"),
+                 Op("aten::tensor.int", Var("n"), Var("dtype"), Var(), Var()))
+
+    def check(self, match: Match) -> str | None:
+        dtype = match["dtype"].node
+        ok = dtype is not None and dtype.op == CONSTANT and dtype.attrs.get("value") in (None, torch.int64)
+        return None if ok else "the tensor is not int64"
+
+    def rewrite(self, match: Match, graph: Graph) -> Value:
+        return match["n"]
+
+
+class DimOfTyped(ScriptedRule):
+    """``x.dim()`` where x's type records its rank (a fact even in a trace)."""
+    pattern = Op("aten::dim", Var("x"))
+
+    def check(self, match: Match) -> str | None:
+        t = match["x"].type
+        return None if isinstance(t, TensorType) and t.rank is not None else "input rank unknown"
+
+    def rewrite(self, match: Match, graph: Graph) -> Value:
+        return _constant_value(graph, match.root, match["x"].type.rank)
+
+
+class DeviceOfTensor(ScriptedRule):
+    """``x.device`` in scripted code: the device the model was traced on, as the trace
+    itself records ``device=`` arguments (ONNX has no devices)."""
+    pattern = Op("prim::device", Var("x"))
+
+    def rewrite(self, match: Match, graph: Graph) -> Value:
+        device = next((t.device for t in graph.params.values()), torch.device("cpu"))
+        return _constant_value(graph, match.root, device)
+
+
 # --------------------------------------------------------------------------- control flow
 
 class _Leading(Op):
@@ -258,4 +296,5 @@ def fold_control_flow(graph: Graph) -> int:
 
 
 SCRIPTED_RULES: tuple[Rule, ...] = (DtypeOfTyped(), GetItemOfBuiltList(), LenOfBuiltList(), IsNone(),
-                                    IntOfNumToTensor(), UncheckedCastOfKnown(), *CONTROL_FLOW_RULES)
+                                    IntOfNumToTensor(), IntOfTensorInt(), DimOfTyped(), DeviceOfTensor(),
+                                    UncheckedCastOfKnown(), *CONTROL_FLOW_RULES)
