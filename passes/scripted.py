@@ -287,6 +287,41 @@ def _same_as(value: Value, param: Value) -> bool:
     return False
 
 
+def built_by_appends(graph: Graph) -> int:
+    """Lists that scripted code builds by appending in the top block (``rows = []``, then
+    ``rows.append(r)``, as an unrolled loop leaves them) become one ``prim::ListConstruct``
+    per state read: each reader gets the elements appended before it. Only lists whose
+    every user is an append or a reader that does not change them (``_LIST_READERS``),
+    all in the top block, are rewritten. Returns the number of appends removed."""
+    removed = 0
+    for built in [n for n in graph.block.nodes if n.op == "prim::ListConstruct"]:
+        users = built.output.users()
+        if not any(u.op == "aten::append.t" for u in users):
+            continue
+        if any(u.block is not graph.block or (u.op != "aten::append.t" and u.op not in _LIST_READERS)
+               or (u.op == "aten::append.t" and (u.inputs[0] is not built.output or u.output.uses))
+               for u in users):
+            continue
+        elements, current, appends = list(built.inputs), built.output, []
+        node = built.next
+        while node is not None and node is not graph.block.return_node:
+            if node.op == "aten::append.t" and node.inputs[0] is built.output:
+                elements.append(node.inputs[1])
+                current = None  # the next reader needs a list of the new elements
+                appends.append(node)
+            elif any(v is built.output for v in node.inputs):
+                if current is None:
+                    current = graph.create_node("prim::ListConstruct", elements, [built.output.type],
+                                                meta=node.meta.copy(), before=node).output
+                for i, v in enumerate(node.inputs):
+                    if v is built.output:
+                        node.replace_input(i, current)
+            node = node.next
+        graph.erase_nodes(appends)
+        removed += len(appends)
+    return removed
+
+
 CONTROL_FLOW_RULES: tuple[Rule, ...] = (InlineConstantIf(), UnrollConstantLoop())
 
 
