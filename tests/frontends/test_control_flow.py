@@ -295,3 +295,27 @@ def test_the_size_read_inside_the_scripted_function_follows_the_input():
     graph = dexport.capture(model, (torch.randn(3, 4),))
     x = torch.randn(5, 4)
     torch.testing.assert_close(graph(x), model(x))  # 5 trips, not the example's 3
+
+
+@torch.jit.script
+def rows_of(sizes: torch.Tensor, n: int) -> torch.Tensor:
+    return sizes.reshape(n, 2)
+
+
+def _scripted_sized_forward_batched(self, images, image_sizes, output_sizes=None):
+    image_sizes = rows_of(image_sizes, images.shape[0])  # the batch size into scripted code
+    return type(self).__mro__[1].forward_batched(self, images, image_sizes, output_sizes)
+
+
+def scripted_sized_detector():
+    from tests.frontends.test_value_dependence import _with_forward_batched
+    return _with_forward_batched("mask_rcnn_tiny", _scripted_sized_forward_batched)
+
+
+@pytest.mark.slow  # a detector export with probes: about 15 s
+def test_a_detector_passing_its_batch_size_into_scripted_code_keeps_it_symbolic(tmp_path):
+    from dexport.cli import main
+    # the probes see the constant follow the batch: fix-batch-dim makes it N, and the
+    # artifact is verified on batches of 2 and 3
+    assert main(["export", "--model", "tests.frontends.test_control_flow:scripted_sized_detector",
+                 "--output", str(tmp_path / "art"), "--size", "64"]) == 0
