@@ -14,9 +14,9 @@ and how it was derived from that storage (a chain of view nodes). A write:
 * and every later reader of the base or of any view of it (taken before or after the
   write) reads a value re-derived from the new base.
 
-Lists that scripted code builds with ``append`` in the top block (after the loops and
-branches the constants decide are unrolled and inlined) become ``prim::ListConstruct``s
-(``dexport.passes.scripted.built_by_appends``).
+Lists that scripted code builds with ``append`` or edits by constant index in the top
+block (after the loops and branches the constants decide are unrolled and inlined)
+become ``prim::ListConstruct``s (``dexport.passes.scripted.functional_lists``).
 
 Refused with a ``PassError`` (op, scope, source line, what to do): writes into a graph
 input, a parameter or a constant (the caller or the next run would see them); writes
@@ -37,7 +37,7 @@ from dexport.ir.ops import constant_input, get_op, has_op, overload_of
 from dexport.ir.types import NONE, ListType, TensorType, TupleType, Type
 from dexport.passes.base import Pass, register_pass, register_property
 from dexport.passes.effects import op_effects
-from dexport.passes.scripted import MAX_UNROLL_TRIPS, built_by_appends, fold_control_flow
+from dexport.passes.scripted import MAX_UNROLL_TRIPS, functional_lists, fold_control_flow
 
 # Containers hold references: a list built before a write reads the new values after it.
 _CONTAINERS = frozenset({"prim::ListConstruct", "prim::TupleConstruct"})
@@ -126,9 +126,9 @@ class Functionalize(Pass):
 
     def run(self, graph: Graph) -> bool:
         # Scripted code's lists: control flow the constants decide goes first (an unrolled
-        # loop's appends come to the top block), then lists built by appends become
-        # ListConstructs.
-        changed = bool(fold_control_flow(graph)) | bool(built_by_appends(graph))
+        # loop's appends come to the top block), then lists built by appends or edited by
+        # index become ListConstructs.
+        changed = bool(fold_control_flow(graph)) | bool(functional_lists(graph))
         for node in graph.nodes():
             if op_effects(node.op).mutates and node.block is not graph.block:
                 if node.op == "aten::append.t":

@@ -21,7 +21,7 @@ import torch
 
 from dexport.ir.graph import CONSTANT, Block, Graph, Node, Value, copy_block_before
 from dexport.ir.ops import type_of_constant
-from dexport.ir.types import ANY, NONE, OptionalType, TensorType
+from dexport.ir.types import ANY, INT, NONE, OptionalType, TensorType
 from dexport.passes.rewrite import Const, Match, Op, Rewriter, Rule, Var
 
 MAX_UNROLL_TRIPS = 8      # a constant loop of more trips stays an ONNX Loop
@@ -287,28 +287,43 @@ def _same_as(value: Value, param: Value) -> bool:
     return False
 
 
-def built_by_appends(graph: Graph) -> int:
-    """Lists that scripted code builds by appending in the top block (``rows = []``, then
-    ``rows.append(r)``, as an unrolled loop leaves them) become one ``prim::ListConstruct``
-    per state read: each reader gets the elements appended before it. Only lists whose
-    every user is an append or a reader that does not change them (``_LIST_READERS``),
-    all in the top block, are rewritten. Returns the number of appends removed."""
+_LIST_WRITERS = frozenset({"aten::append.t", "aten::_set_item.t"})
+
+
+def functional_lists(graph: Graph) -> int:
+    """Lists that scripted code builds or edits in the top block (``rows = []`` then
+    ``rows.append(r)``, as an unrolled loop leaves them; ``s = list(x.shape)`` then
+    ``s[0] = 1``) become one ``prim::ListConstruct`` per state read: each reader gets
+    the elements as they are at its place. Only lists whose every user is in the top
+    block and is an append, a set of a constant index or a reader that does not change
+    them (``_LIST_READERS``) are rewritten. Returns the number of writes removed."""
+    for copy in [n for n in graph.block.nodes if n.op == "aten::list.t"]:
+        elements = _elements_of(graph, copy.inputs[0], copy)
+        if elements is not None and _edited_in_top_block(graph, copy.output):
+            built = graph.create_node("prim::ListConstruct", elements, [copy.output.type],
+                                      meta=copy.meta.copy(), before=copy)
+            copy.output.replace_all_uses_with(built.output)
+            copy.erase()
     removed = 0
     for built in [n for n in graph.block.nodes if n.op == "prim::ListConstruct"]:
-        users = built.output.users()
-        if not any(u.op == "aten::append.t" for u in users):
+        if not any(u.op in _LIST_WRITERS for u in built.output.users()):
             continue
-        if any(u.block is not graph.block or (u.op != "aten::append.t" and u.op not in _LIST_READERS)
-               or (u.op == "aten::append.t" and (u.inputs[0] is not built.output or u.output.uses))
-               for u in users):
+        if not _edited_in_top_block(graph, built.output):
             continue
-        elements, current, appends = list(built.inputs), built.output, []
+        elements, current, writes = list(built.inputs), built.output, []
         node = built.next
         while node is not None and node is not graph.block.return_node:
-            if node.op == "aten::append.t" and node.inputs[0] is built.output:
-                elements.append(node.inputs[1])
+            if node.op in _LIST_WRITERS and node.inputs[0] is built.output:
+                if node.op == "aten::append.t":
+                    elements.append(node.inputs[1])
+                else:
+                    index = node.inputs[1].node.attrs["value"]
+                    if not -len(elements) <= index < len(elements):
+                        writes = []  # the run raises IndexError there: the writes stay
+                        break
+                    elements[index] = node.inputs[2]
                 current = None  # the next reader needs a list of the new elements
-                appends.append(node)
+                writes.append(node)
             elif any(v is built.output for v in node.inputs):
                 if current is None:
                     current = graph.create_node("prim::ListConstruct", elements, [built.output.type],
@@ -317,9 +332,44 @@ def built_by_appends(graph: Graph) -> int:
                     if v is built.output:
                         node.replace_input(i, current)
             node = node.next
-        graph.erase_nodes(appends)
-        removed += len(appends)
+        graph.erase_nodes(writes)
+        removed += len(writes)
     return removed
+
+
+def _edited_in_top_block(graph: Graph, listed: Value) -> bool:
+    """Whether every user of ``listed`` is a top-block writer (an append, a set of a
+    constant index, its result unused) or a reader that leaves it as it is."""
+    for user in listed.users():
+        if user.block is not graph.block:
+            return False
+        if user.op in _LIST_WRITERS:
+            if user.inputs[0] is not listed or user.output.uses:
+                return False
+            if user.op == "aten::_set_item.t" and not _is_int_constant(user.inputs[1]):
+                return False
+        elif user.op not in _LIST_READERS:
+            return False
+    return True
+
+
+def _elements_of(graph: Graph, listed: Value, before: Node) -> list[Value] | None:
+    """Element values of a list: those of a built list, or a size list's dims one by one."""
+    node = listed.node
+    if node is not None and node.op == "prim::ListConstruct":
+        return list(node.inputs)
+    if node is not None and node.op == "aten::size" and len(node.inputs) == 1:
+        t = node.inputs[0].type
+        if isinstance(t, TensorType) and t.rank is not None:
+            return [graph.create_node("aten::size.int", [node.inputs[0], _constant_value(graph, before, d)], [INT],
+                                      meta=before.meta.copy(), before=before).output for d in range(t.rank)]
+    return None
+
+
+def _is_int_constant(value: Value) -> bool:
+    node = value.node
+    return (node is not None and node.op == CONSTANT and isinstance(node.attrs.get("value"), int)
+            and not isinstance(node.attrs.get("value"), bool))
 
 
 CONTROL_FLOW_RULES: tuple[Rule, ...] = (InlineConstantIf(), UnrollConstantLoop())

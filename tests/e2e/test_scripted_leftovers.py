@@ -50,6 +50,13 @@ def size_list_slice(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.jit.script
+def edited_size_list(x: torch.Tensor) -> torch.Tensor:
+    sizes = list(x.shape)
+    sizes[0] = 1
+    return x.sum(0).reshape(sizes) * x
+
+
+@torch.jit.script
 def size_list_items(x: torch.Tensor) -> torch.Tensor:
     s = x.size()
     return x * float(len(s)) + float(s[-1]) + float(s[0])
@@ -108,6 +115,7 @@ EXPORTED = {
     "prim::device": (on_its_device, "prim::device"),
     "aten::format / aten::dim": (checks_rank, "aten::format"),
     "aten::slice.t / aten::add.t": (size_list_slice, "aten::slice.t"),
+    "aten::list.t / aten::_set_item.t": (edited_size_list, "aten::_set_item.t"),
     "aten::__getitem__.t / aten::len.t": (size_list_items, "aten::len.t"),
     "aten::__isnot__ (types decide)": (lambda x: optional_in_loop(x, None), "aten::__isnot__"),
     "aten::Int of aten::tensor": (int_round_trip, "aten::tensor.int"),
