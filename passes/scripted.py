@@ -167,6 +167,19 @@ class IntOfTensorInt(ScriptedRule):
         return match["n"]
 
 
+class NarrowAtTensorStart(ScriptedRule):
+    """``x.narrow(dim, start, length)`` with a 0-d tensor start (scripted code's
+    ``torch.tensor(k)``): the int overload, reading ``int(start)``."""
+    pattern = Op("aten::narrow.Tensor", Var("x"), Var("dim"), Var("start"), Var("length"))
+
+    def rewrite(self, match: Match, graph: Graph) -> Value:
+        root = match.root
+        start = graph.create_node("aten::Int.Tensor", [match["start"]], [INT], meta=root.meta.copy(),
+                                  before=root).output
+        return graph.create_node("aten::narrow", [match["x"], match["dim"], start, match["length"]],
+                                 [root.output.type], meta=root.meta.copy(), before=root).output
+
+
 class DimOfTyped(ScriptedRule):
     """``x.dim()`` where x's type records its rank (a fact even in a trace)."""
     pattern = Op("aten::dim", Var("x"))
@@ -381,5 +394,5 @@ def fold_control_flow(graph: Graph) -> int:
 
 
 SCRIPTED_RULES: tuple[Rule, ...] = (DtypeOfTyped(), GetItemOfBuiltList(), LenOfBuiltList(), IsNone(),
-                                    IntOfNumToTensor(), IntOfTensorInt(), DimOfTyped(), DeviceOfTensor(),
+                                    IntOfNumToTensor(), IntOfTensorInt(), NarrowAtTensorStart(), DimOfTyped(), DeviceOfTensor(),
                                     UncheckedCastOfKnown(), *CONTROL_FLOW_RULES)

@@ -92,6 +92,12 @@ def int_round_trip(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.jit.script
+def tensor_as_index(x: torch.Tensor) -> torch.Tensor:
+    k = torch.tensor(x.size(0) - 1)
+    return x[:k].sum(0) + x.narrow(0, k, 1).sum(0)  # IntImplicit; narrow.Tensor
+
+
+@torch.jit.script
 def grows_in_a_dynamic_loop(x: torch.Tensor) -> torch.Tensor:
     rows: List[torch.Tensor] = []
     for i in range(x.size(0)):
@@ -119,6 +125,7 @@ EXPORTED = {
     "aten::__getitem__.t / aten::len.t": (size_list_items, "aten::len.t"),
     "aten::__isnot__ (types decide)": (lambda x: optional_in_loop(x, None), "aten::__isnot__"),
     "aten::Int of aten::tensor": (int_round_trip, "aten::tensor.int"),
+    "aten::IntImplicit / aten::narrow.Tensor": (tensor_as_index, "aten::IntImplicit"),
 }
 
 
