@@ -2,11 +2,15 @@
 ``prim::Loop`` from scripted code called inside a trace) and of the TorchScript list
 helpers their bodies use.
 
+List helpers: ``__getitem__.t``, ``len.t``, ``slice.t`` and ``add.t`` (concatenation) work
+on a list's elements where the list is built element by element, else on its 1-D tensor
+form (a size list); Python's bool operators and ``torch.tensor(scalar)`` lower too.
+
 ``prim::If`` becomes ONNX ``If`` and ``prim::Loop`` ONNX ``Loop``; each IR block becomes
 a subgraph lowered with the same context. Subgraphs read outer values by their ONNX
 names, as ONNX allows; every subgraph output is an Identity made inside it, with the
-dtype of the value it returns (a loop-carried value keeps its initial value's dtype,
-the two branches of an If the first branch's), and no shape, since shapes may change
+dtype of the value it returns (a loop-carried value has its own type's dtype, else its
+initial value's; the two branches of an If the first branch's), and no shape, since shapes may change
 from trip to trip. A loop body gets the ``cond`` input ONNX requires besides the trip
 number and carried values.
 """
@@ -22,6 +26,7 @@ from dexport.backends.onnx import TORCH_TO_ONNX, LoweringContext, _dtype_of_type
 from dexport.ir.graph import Block, Node
 
 I64, BOOL = torch.int64, torch.bool
+INT64_MAX = 2**63 - 1
 
 
 def _info(name: str, dtype: torch.dtype | None, rank: int | None = None) -> onnx.ValueInfoProto:
@@ -97,7 +102,9 @@ def _lower_loop(ctx: LoweringContext, node: Node) -> list:
     cond = ctx.input(node, 1, BOOL)
     carried, dtypes = [], []
     for i in range(2, len(node.inputs)):
-        dtype = _dtype_of_type(node.inputs[i].type) or _entry_dtype(ctx, node, i)
+        # The carried value's own type first: the initial value may be a placeholder.
+        dtype = (_dtype_of_type(node.outputs[i - 2].type) or _dtype_of_type(node.inputs[i].type)
+                 or _entry_dtype(ctx, node, i))
         carried.append(ctx.input(node, i, dtype))
         dtypes.append(dtype or ctx.dtypes.get(carried[-1]))
     body = node.blocks[0]
@@ -110,6 +117,14 @@ def _lower_loop(ctx: LoweringContext, node: Node) -> list:
                       [it, *carried_in], [BOOL, *dtypes], "loop_body")
     names = ctx.emit("Loop", [trip, cond, *carried], len(node.outputs), body=graph)
     return [ctx.typed(n, d) for n, d in zip(names, dtypes)]
+
+
+@lowering("prim::Uninitialized")
+def _lower_uninitialized(ctx: LoweringContext, node: Node) -> list:
+    """TorchScript's placeholder for a value no path has set yet (an early return's
+    result before the return): never read, so a 0-d zero, made in whatever dtype the If
+    or Loop slot it fills wants."""
+    return [ctx.const_entry(0)]
 
 
 # --------------------------------------------------------------------------- list helpers
@@ -131,6 +146,54 @@ def _lower_len(ctx: LoweringContext, node: Node) -> list:
     if isinstance(entry, _Seq):
         return [ctx.const_entry(len(entry.items))]
     return [ctx.typed(ctx.op("Size", ctx.input(node, 0)), I64)]
+
+
+@lowering("aten::slice.t")
+def _lower_slice_list(ctx: LoweringContext, node: Node) -> list:
+    """list[start:end:step]: the elements themselves for a list of known elements and
+    constant bounds, else a Slice of the list's 1-D tensor form."""
+    entry = ctx.env[node.inputs[0]]
+    if isinstance(entry, _Seq) and all(ctx.is_const(node, i) for i in (1, 2, 3)):
+        return [ctx.seq(entry.items[ctx.const(node, 1):ctx.const(node, 2):ctx.const(node, 3)])]
+    listed = ctx.input(node, 0)
+
+    def bound(i: int, default: int) -> str:
+        if ctx.is_none(node, i):
+            return ctx.int64([default])
+        return ctx.unsqueeze(ctx.input(node, i, I64), [0])
+    out = ctx.op("Slice", listed, bound(1, 0), bound(2, INT64_MAX), ctx.int64([0]), bound(3, 1))
+    return [ctx.same_dtype(listed, out)]
+
+
+@lowering("aten::add.t")
+def _lower_list_concat(ctx: LoweringContext, node: Node) -> list:
+    """a + b of two lists: one list (one Concat of their 1-D tensor forms when either is dynamic)."""
+    a, b = ctx.env[node.inputs[0]], ctx.env[node.inputs[1]]
+    if isinstance(a, _Seq) and isinstance(b, _Seq):
+        return [ctx.seq(a.items + b.items)]
+    first = ctx.input(node, 0)
+    return [ctx.same_dtype(first, ctx.op("Concat", first, ctx.input(node, 1, ctx.dtypes.get(first)), axis=0))]
+
+
+def _bool_op(op_type: str):
+    def lower(ctx: LoweringContext, node: Node) -> list:
+        return [ctx.typed(ctx.op(op_type, *[ctx.input(node, i, BOOL) for i in range(len(node.inputs))]), BOOL)]
+    return lower
+
+
+# Python's and / or / != / not on bools in scripted code (also on the scalars of 0-d bool tensors).
+lowering("aten::__and__.bool")(_bool_op("And"))
+lowering("aten::__or__.bool")(_bool_op("Or"))
+lowering("aten::__xor__.bool", "aten::ne.bool")(_bool_op("Xor"))
+lowering("aten::__not__")(_bool_op("Not"))
+
+
+@lowering("aten::tensor.int", "aten::tensor.float", "aten::tensor.bool")
+def _lower_scalar_tensor(ctx: LoweringContext, node: Node) -> list:
+    """torch.tensor(n) of a scalar: the 0-d tensor the IR scalar already is, in its dtype."""
+    default = {"aten::tensor.int": I64, "aten::tensor.float": torch.float32, "aten::tensor.bool": BOOL}[node.op]
+    dtype = ctx.const(node, 1) if not ctx.is_none(node, 1) else default
+    return [ctx.typed(ctx.input(node, 0, dtype), dtype)]
 
 
 __all__: list[str] = []

@@ -38,6 +38,9 @@ def capture(model: torch.nn.Module, example_inputs: Any, method: str = "tracing"
         graph = capture_with_probes(run, model, example_inputs, probe_inputs, inference_func)
     else:
         graph = run(model, example_inputs, inference_func)
+        baked = getattr(graph, "baked_sizes", ())
+        if baked:  # nothing here would make these constants follow the sizes again
+            raise baked[0].error()
         if frontend.needs_probes:  # a frontend that records one path is also checked on other content
             probe_content(run, model, [example_inputs], [graph], inference_func)
     # Other libraries' detection ops (torchvision::nms, ...) become dexport's own here, so

@@ -508,15 +508,36 @@ def _drop_block_inputs(block: Block) -> None:
 
 def _clone_block_body(src: Block, dst: Block, vmap: dict[Value, Value]) -> None:
     for n in src.nodes:
-        copy = Node(n.op, [vmap[v] for v in n.inputs], [o.type for o in n.outputs],
-                    dict(n.attrs), n.meta.copy())
-        for o, co in zip(n.outputs, copy.outputs):
-            co.name_hint = o.name_hint
-            vmap[o] = co
-        for b in n.blocks:
-            cb = copy.add_block()
-            for p in b.params:
-                vmap[p] = cb.add_param(p.type, p.name_hint)
-            _clone_block_body(b, cb, vmap)
-        dst.append(copy)
+        dst.append(_copy_node(n, vmap))
     dst.set_returns(vmap[v] for v in src.returns)
+
+
+def _copy_node(n: Node, vmap: dict[Value, Value]) -> Node:
+    """A copy of ``n`` (nested blocks too) reading ``vmap``'s values; its outputs go into ``vmap``."""
+    copy = Node(n.op, [vmap[v] for v in n.inputs], [o.type for o in n.outputs], dict(n.attrs), n.meta.copy())
+    for o, co in zip(n.outputs, copy.outputs):
+        co.name_hint = o.name_hint
+        vmap[o] = co
+    for b in n.blocks:
+        cb = copy.add_block()
+        for p in b.params:
+            vmap[p] = cb.add_param(p.type, p.name_hint)
+        _clone_block_body(b, cb, vmap)
+    return copy
+
+
+class _OuterValues(dict):
+    """A value map in which a value defined outside the copied block maps to itself."""
+
+    def __missing__(self, value: Value) -> Value:
+        return value
+
+
+def copy_block_before(block: Block, anchor: Node, args: dict[Value, Value]) -> list[Value]:
+    """Insert a copy of ``block``'s nodes before ``anchor`` (in ``anchor``'s block),
+    its parameters reading ``args[param]``, and return what the copy returns. The
+    copies read outer values as the block did (inlining a branch, unrolling a loop)."""
+    vmap = _OuterValues(args)
+    for n in block.nodes:
+        _copy_node(n, vmap).insert_before(anchor)
+    return [vmap[v] for v in block.returns]

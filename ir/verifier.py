@@ -315,7 +315,7 @@ class _Verifier:
                     self.fail(f"block{k} of prim::If returns {len(b.returns)} values for "
                               f"{len(node.outputs)} outputs", b.return_node)
                 for j, (r, o) in enumerate(zip(b.returns, node.outputs)):
-                    if not fits(r.type, o.type):
+                    if not fits(r.type, o.type) and not _placeholder(r):
                         name = self.namer(b.return_node)
                         self.fail(f"block{k} of prim::If returns {name(r)}: {r.type} as output {j}, "
                                   f"declared {o.type}", b.return_node,
@@ -334,7 +334,7 @@ class _Verifier:
                                               (ret, param, "body result"),
                                               (ret, out, "body result"),
                                               (init, out, "initial value")):
-                    if not fits(value.type, declared.type):
+                    if not fits(value.type, declared.type) and not _placeholder(value):
                         where = body.return_node if what == "body result" else node
                         name = self.namer(where)
                         self.fail(f"prim::Loop carried value {k}: the {what} {name(value)} has type "
@@ -473,3 +473,8 @@ def fits(actual: Type, declared: Type) -> bool:
                 and [n for n, _ in actual.fields] == [n for n, _ in declared.fields]
                 and all(fits(a, d) for (_, a), (_, d) in zip(actual.fields, declared.fields)))
     return False
+
+
+def _placeholder(value: Value) -> bool:
+    """TorchScript's ``prim::Uninitialized``: a value no path reads, so it fits any slot."""
+    return value.node is not None and value.node.op == "prim::Uninitialized"

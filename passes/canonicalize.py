@@ -236,7 +236,7 @@ class ZeroPlus(IdentityRule):
 
 # --------------------------------------------------------------------------- TorchScript leftovers
 
-from dexport.passes.scripted import SCRIPTED_RULES  # noqa: E402  (rules of scripted code's helpers)
+from dexport.passes.scripted import SCRIPTED_RULES, forward_invariant_carried  # noqa: E402  (rules of scripted code's helpers)
 
 RULES: tuple[IdentityRule, ...] = (
     SameShapeView(), SameShapeExpand(), AliasIdentity(), CopyIdentity(), ToSameDtype(),
@@ -259,4 +259,11 @@ class Canonicalize(Pass):
         mutates = graph_mutates(graph)
         rules = [r for r in RULES if not (mutates and r.copies)]
         self.rewriter = Rewriter(rules, debug=self.options.debug)
-        return self.rewriter.apply(graph) > 0
+        changed = False
+        # Rules that fold an If can make a carried value invariant, and the other way round.
+        while True:
+            forwarded = forward_invariant_carried(graph)
+            rewrites = self.rewriter.apply(graph)
+            changed |= bool(forwarded or rewrites)
+            if not rewrites:
+                return changed

@@ -13,6 +13,7 @@ from dexport.ir.interpreter import evaluate_node
 from dexport.ir.types import TensorType, tensor_type_of
 from dexport.passes.base import Pass, register_pass
 from dexport.passes.effects import graph_mutates, has_side_effects, is_random
+from dexport.passes.scripted import fold_control_flow
 
 _PLAIN = (bool, int, float, str, type(None), torch.dtype, torch.device, torch.layout, torch.memory_format)
 
@@ -40,7 +41,9 @@ class FoldConstants(Pass):
     node's readers come after it. Never folds side-effecting or random ops,
     nodes with blocks, or outputs over ``max_elements`` elements (folding
     ``aten::zeros([4096, 4096])`` would only bloat the artifact). Nodes whose
-    kernel fails are left for the run time to report.
+    kernel fails are left for the run time to report. An If or a Loop whose
+    condition or trip count this made constant is inlined or unrolled
+    (``dexport.passes.scripted.CONTROL_FLOW_RULES``) and the walk repeats.
 
     A graph that still mutates tensors in place (not ``functional``: run
     ``functionalize`` first, as the default pipeline does) is left alone: a folded
@@ -57,6 +60,16 @@ class FoldConstants(Pass):
     def run(self, graph: Graph) -> bool:
         if graph_mutates(graph):
             return False
+        changed = False
+        # A folded condition or trip count decides an If or a Loop; what that inlines
+        # may fold further.
+        while True:
+            changed |= self._fold_walk(graph)
+            if not fold_control_flow(graph):
+                return changed
+            changed = True
+
+    def _fold_walk(self, graph: Graph) -> bool:
         folded: list[Node] = []
         for node in graph.nodes():
             if not self._foldable(node):

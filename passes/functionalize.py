@@ -14,6 +14,10 @@ and how it was derived from that storage (a chain of view nodes). A write:
 * and every later reader of the base or of any view of it (taken before or after the
   write) reads a value re-derived from the new base.
 
+Lists that scripted code builds with ``append`` or edits by constant index in the top
+block (after the loops and branches the constants decide are unrolled and inlined)
+become ``prim::ListConstruct``s (``dexport.passes.scripted.functional_lists``).
+
 Refused with a ``PassError`` (op, scope, source line, what to do): writes into a graph
 input, a parameter or a constant (the caller or the next run would see them); writes
 inside nested blocks; writes through views without a known inverse (``expand``, list
@@ -33,6 +37,7 @@ from dexport.ir.ops import constant_input, get_op, has_op, overload_of
 from dexport.ir.types import NONE, ListType, TensorType, TupleType, Type
 from dexport.passes.base import Pass, register_pass, register_property
 from dexport.passes.effects import op_effects
+from dexport.passes.scripted import MAX_UNROLL_TRIPS, functional_lists, fold_control_flow
 
 # Containers hold references: a list built before a write reads the new values after it.
 _CONTAINERS = frozenset({"prim::ListConstruct", "prim::TupleConstruct"})
@@ -120,14 +125,24 @@ class Functionalize(Pass):
     establishes = ("functional",)
 
     def run(self, graph: Graph) -> bool:
+        # Scripted code's lists: control flow the constants decide goes first (an unrolled
+        # loop's appends come to the top block), then lists built by appends or edited by
+        # index become ListConstructs.
+        changed = bool(fold_control_flow(graph)) | bool(functional_lists(graph))
         for node in graph.nodes():
             if op_effects(node.op).mutates and node.block is not graph.block:
+                if node.op == "aten::append.t":
+                    raise _refusal(node, "a list grows inside a scripted loop or branch that the constants "
+                                         f"do not decide (loops of up to {MAX_UNROLL_TRIPS} constant trips "
+                                         "are unrolled); ONNX sequences are not emitted",
+                                   "compute the rows as one tensor (e.g. torch.where, a masked or batched "
+                                   "op over all rows) instead of appending to a list in the loop")
                 raise _refusal(node, "writes inside a nested block (prim::If / prim::Loop body), "
                                      "which functionalize does not handle",
                                "move the in-place op out of the scripted branch or loop, or write it "
                                "functionally (y = x + 1 instead of x += 1)")
         if not any(op_effects(n.op).mutates for n in graph.block.nodes):
-            return False
+            return changed
         _Walk(graph).run()
         return True
 

@@ -6,7 +6,11 @@ Every node runs its interpreter kernel under torch's ``FakeTensorMode`` with a
 symbol per name and whose expression dims (``8*ceil(H/32)``) are computed from those
 symbols, so results come out symbolic. dexport's own ops run their fake kernels;
 data-dependent sizes (NMS survivors) become fresh symbols, written ``n0``, ``n1``...
-Blocks are walked too (an ``If``'s outputs get what both branches agree on).
+Blocks are walked too: an ``If``'s outputs get what both branches agree on, a
+``Loop``'s carried values (body parameters and outputs) what the initial values and
+the body's results agree on, walking the body again until that is stable
+(``prim::Uninitialized``, TorchScript's placeholder on a path that has not set a value
+yet, takes the type of the other side).
 
 What propagation finds only adds to a type, never replaces it: a known dtype, rank
 or dim stays. A dtype or rank (or, where int dims are facts, a size) that
@@ -36,11 +40,13 @@ from dexport.ir import dims as dimexpr
 from dexport.ir.errors import PassError
 from dexport.ir.graph import CONSTANT, PARAM, Block, Graph, Node, Value
 from dexport.ir.interpreter import evaluate_node
-from dexport.ir.types import INT, NONE, ListType, TensorType, Type
+from dexport.ir.types import FLOAT, INT, NONE, ListType, TensorType, Type
 from dexport.ir.verifier import type_conflict
 from dexport.passes.base import Pass, register_pass
 
 _UNKNOWN = object()  # a value propagation knows nothing about (None is a value)
+_UNSET = object()    # the type of prim::Uninitialized in a join: whatever the other side has
+_MAX_LOOP_WALKS = 6  # walks of a loop body to agree on its carried types
 _FIRST_HINT = 64  # sizes named dims are traced at: big enough for any kernel's size checks
 # Sizes each symbol takes when an expression is read back as text (dexport.ir.dims.fit).
 _SAMPLES = (67, 96, 130, 201, 257, 322)
@@ -108,7 +114,7 @@ class _Propagation:
                 if fake is _UNKNOWN:
                     continue
                 inferred = fake.type if isinstance(fake, _Typed) else self._type_of(fake)
-                if isinstance(fake, _Typed) or inferred is None:
+                if isinstance(fake, _Typed):
                     fake = _UNKNOWN  # a fake from the type, made when a reader needs it
                 if inferred is not None and isinstance(out.type, (TensorType, ListType)):
                     self.found.append((node, out, inferred))
@@ -122,17 +128,24 @@ class _Propagation:
             return None  # made from the constant or parameter itself when read
         if node.op == "prim::If" and len(node.blocks) == 2:
             return self._if(node)
-        if node.blocks:  # a loop: its body's parameters come from their declared types
+        if node.op == "prim::Loop" and len(node.blocks) == 1:
+            return self._loop(node)
+        if node.blocks:  # an unknown op with blocks: its blocks keep their declared types
             for b in node.blocks:
                 self._walk(b)
             return None
-        if not self.every_node and all(_complete(out.type) for out in node.outputs):
+        # A complete tensor type gives a faithful fake; an int or a list (a size read
+        # by a later factory) needs its value, so those nodes always run.
+        if not self.every_node and all(isinstance(out.type, TensorType) and _complete(out.type)
+                                       for out in node.outputs):
             return None
+        inputs = [self._fake(v) for v in node.inputs]
         if node.op == "prim::ListConstruct" and node.inputs and all(
                 isinstance(v.type, TensorType) for v in node.inputs):
+            if all(x is not _UNKNOWN for x in inputs):
+                return [inputs]  # the list of fakes, for a reader such as cat
             elem = functools.reduce(_agreement, [self._known_type(v) for v in node.inputs])
-            return [_Typed(ListType(elem))]  # no fakes needed for what the elements say
-        inputs = [self._fake(v) for v in node.inputs]
+            return [_Typed(ListType(elem))]  # what the elements' types say
         if any(x is _UNKNOWN for x in inputs):
             return None
         try:
@@ -144,8 +157,52 @@ class _Propagation:
     def _if(self, node: Node) -> list:
         for b in node.blocks:
             self._walk(b)
-        return [_Typed(_agreement(self._known_type(r0), self._known_type(r1)))
-                for r0, r1 in zip(node.blocks[0].returns, node.blocks[1].returns)]
+        joined = [_join(self._slot_type(r0), self._slot_type(r1))
+                  for r0, r1 in zip(node.blocks[0].returns, node.blocks[1].returns)]
+        return [_UNKNOWN if t is _UNSET or t is None else _Typed(t) for t in joined]
+
+    def _loop(self, node: Node) -> list:
+        """A loop's carried values: what the initial values and every trip's results
+        agree on, found by walking the body until that stops changing (a dtype or a
+        rank is lost at most once, so a few walks suffice)."""
+        body = node.blocks[0]
+        carried_in, carried_params = node.inputs[2:], body.params[1:]
+        carried = [self._slot_type(v) for v in carried_in]
+        mark = len(self.found)
+        for _ in range(_MAX_LOOP_WALKS):
+            del self.found[mark:]  # only the last walk's findings hold on every trip
+            self._forget(body)
+            for param, typ in zip(carried_params, carried):
+                if typ is not None and typ is not _UNSET:
+                    self.inferred[param] = typ
+            self._walk(body)
+            joined = [_join(t, self._slot_type(r)) for t, r in zip(carried, body.returns[1:])]
+            if joined == carried:
+                break
+            carried = joined
+        else:  # no fixpoint (cannot happen for a finite lattice): learn nothing
+            del self.found[mark:]
+            self._forget(body)
+            return [_UNKNOWN] * len(node.outputs)
+        carried = [None if t is _UNSET else t for t in carried]
+        for param, typ in zip(carried_params, carried):
+            if typ is not None and isinstance(param.type, (TensorType, ListType)):
+                self.found.append((node, param, typ))
+        return [_Typed(t) if t is not None else _UNKNOWN for t in carried]
+
+    def _slot_type(self, value: Value):
+        """The type ``value`` brings into a join (_UNSET: TorchScript's placeholder for a
+        value not set yet on this path, which any other path's type overrides)."""
+        node = value.node
+        if node is not None and node.op == "prim::Uninitialized":
+            return _UNSET
+        return self._known_type(value)
+
+    def _forget(self, block: Block) -> None:
+        """Drop what an earlier walk of ``block`` learnt (its carried types changed)."""
+        for value in _defined_in(block):
+            self.values.pop(value, None)
+            self.inferred.pop(value, None)
 
     def _known_type(self, value: Value) -> Type:
         inferred = self.inferred.get(value)
@@ -212,6 +269,8 @@ class _Propagation:
                 return _UNKNOWN
         if typ == INT:
             return self.env.create_unbacked_symint()
+        if typ == FLOAT:  # unknown (a trip number made float): sizes from it stay unknown
+            return self.env.create_unbacked_symfloat()
         if typ == NONE:
             return None
         return _UNKNOWN
@@ -332,6 +391,15 @@ def _agreement(a: Type | None, b: Type | None) -> Type | None:
     return TensorType(dtype, shape)
 
 
+def _join(a, b):
+    """``_agreement`` where _UNSET (a placeholder, prim::Uninitialized) takes the other side."""
+    if a is _UNSET:
+        return b
+    if b is _UNSET:
+        return a
+    return _agreement(a, b)
+
+
 def _more_known(declared: Type, inferred: Type) -> Type:
     """``declared`` with its unknown parts taken from ``inferred`` (the types agree)."""
     if isinstance(declared, ListType) and isinstance(inferred, ListType):
@@ -369,6 +437,15 @@ def _all_types(graph: Graph):
         for node in block.nodes:
             for out in node.outputs:
                 yield out.type
+
+
+def _defined_in(block: Block):
+    """The parameters of ``block`` and the outputs of its nodes, nested blocks included."""
+    yield from block.params
+    for node in block.nodes:
+        yield from node.outputs
+        for b in node.blocks:
+            yield from _defined_in(b)
 
 
 def _all_tensor_types(graph: Graph):

@@ -1,18 +1,31 @@
 """Canonicalize rules for what TorchScript leaves in a traced graph when scripted code
-runs inside the trace: dtype queries, list indexing and lengths, ``is None`` tests and
-int round trips through 0-d tensors. Each folds only what the IR proves (a tensor
+runs inside the trace: dtype, rank and device queries, list indexing and lengths,
+``is None`` tests and int round trips through 0-d tensors. Each folds only what the IR proves (a tensor
 type's dtype, a list built element by element, an input that can never be None);
 what stays is lowered by the ONNX backend (``dexport.backends.onnx_control_flow``).
 ``fold-constants`` finishes chains whose inputs all became constants.
+
+Control flow the constants decide goes too (``CONTROL_FLOW_RULES``, also run by
+``fold-constants`` once it has folded conditions): a ``prim::If`` with a constant
+condition becomes a copy of its taken branch, and a ``prim::Loop`` with a constant
+trip count of at most ``MAX_UNROLL_TRIPS`` whose condition stays a constant true is
+unrolled into that many copies of its body (so no ONNX ``Loop`` is emitted for
+``for i in range(3)``). A loop that may stop early (``break``, an early ``return``)
+is kept.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from dexport.ir.graph import CONSTANT, Graph, Node, Value
+import torch
+
+from dexport.ir.graph import CONSTANT, Block, Graph, Node, Value, copy_block_before
 from dexport.ir.ops import type_of_constant
-from dexport.ir.types import ANY, NONE, OptionalType, TensorType
-from dexport.passes.rewrite import Const, Match, Op, Rule, Var
+from dexport.ir.types import ANY, INT, NONE, OptionalType, TensorType
+from dexport.passes.rewrite import Const, Match, Op, Rewriter, Rule, Var
+
+MAX_UNROLL_TRIPS = 8      # a constant loop of more trips stays an ONNX Loop
+MAX_UNROLLED_NODES = 512  # nor is a loop unrolled into more nodes than this
 
 
 def _constant_value(graph: Graph, root: Node, value: Any, type_=None) -> Value:
@@ -140,5 +153,246 @@ class UncheckedCastOfKnown(ScriptedRule):
         return match["x"]
 
 
+class IntOfTensorInt(ScriptedRule):
+    """``int(torch.tensor(n))``: n itself (an int tensor made from an int, read back)."""
+    pattern = Op(("aten::Int.Tensor", "aten::IntImplicit"),
+                 Op("aten::tensor.int", Var("n"), Var("dtype"), Var(), Var()))
+
+    def check(self, match: Match) -> str | None:
+        dtype = match["dtype"].node
+        ok = dtype is not None and dtype.op == CONSTANT and dtype.attrs.get("value") in (None, torch.int64)
+        return None if ok else "the tensor is not int64"
+
+    def rewrite(self, match: Match, graph: Graph) -> Value:
+        return match["n"]
+
+
+class NarrowAtTensorStart(ScriptedRule):
+    """``x.narrow(dim, start, length)`` with a 0-d tensor start (scripted code's
+    ``torch.tensor(k)``): the int overload, reading ``int(start)``."""
+    pattern = Op("aten::narrow.Tensor", Var("x"), Var("dim"), Var("start"), Var("length"))
+
+    def rewrite(self, match: Match, graph: Graph) -> Value:
+        root = match.root
+        start = graph.create_node("aten::Int.Tensor", [match["start"]], [INT], meta=root.meta.copy(),
+                                  before=root).output
+        return graph.create_node("aten::narrow", [match["x"], match["dim"], start, match["length"]],
+                                 [root.output.type], meta=root.meta.copy(), before=root).output
+
+
+class DimOfTyped(ScriptedRule):
+    """``x.dim()`` where x's type records its rank (a fact even in a trace)."""
+    pattern = Op("aten::dim", Var("x"))
+
+    def check(self, match: Match) -> str | None:
+        t = match["x"].type
+        return None if isinstance(t, TensorType) and t.rank is not None else "input rank unknown"
+
+    def rewrite(self, match: Match, graph: Graph) -> Value:
+        return _constant_value(graph, match.root, match["x"].type.rank)
+
+
+class DeviceOfTensor(ScriptedRule):
+    """``x.device`` in scripted code: the device the model was traced on, as the trace
+    itself records ``device=`` arguments (ONNX has no devices)."""
+    pattern = Op("prim::device", Var("x"))
+
+    def rewrite(self, match: Match, graph: Graph) -> Value:
+        device = next((t.device for t in graph.params.values()), torch.device("cpu"))
+        return _constant_value(graph, match.root, device)
+
+
+# --------------------------------------------------------------------------- control flow
+
+class _Leading(Op):
+    """An ``Op`` pattern that matches its inputs against the node's first inputs only
+    (a loop's carried values come after its trip count and condition)."""
+
+    def match_node(self, node: Node, match: Match) -> str | None:
+        if node.op not in self.ops or not node.blocks:
+            return f"expected {' or '.join(self.ops)} with blocks, got {node.op}"
+        if len(node.inputs) < len(self.inputs):
+            return f"{node.op} has {len(node.inputs)} inputs, fewer than {len(self.inputs)}"
+        for i, (pattern, value) in enumerate(zip(self.inputs, node.inputs)):
+            reason = pattern.match_value(value, match)
+            if reason is not None:
+                return f"{node.op} input {i}: {reason}"
+        return None
+
+
+class InlineConstantIf(ScriptedRule):
+    """``prim::If`` on a constant condition: its taken branch, inlined."""
+    pattern = _Leading("prim::If", Const("cond", lambda c: isinstance(c, bool)))
+
+    def check(self, match: Match) -> str | None:
+        return None if len(match.root.blocks) == 2 else "not a two-branch If"
+
+    def rewrite(self, match: Match, graph: Graph) -> list[Value]:
+        return copy_block_before(match.root.blocks[0 if match["cond"] else 1], match.root, {})
+
+
+class UnrollConstantLoop(ScriptedRule):
+    """``prim::Loop`` with a small constant trip count that never stops early: its
+    body copied once per trip, each copy reading the trip number as a constant and the
+    previous copy's carried values."""
+    pattern = _Leading("prim::Loop", Const("trips", lambda n: isinstance(n, int) and not isinstance(n, bool)),
+                       Const("cond", lambda c: c is True))
+
+    def check(self, match: Match) -> str | None:
+        trips, body = match["trips"], match.root.blocks[0]
+        if not 0 <= trips <= MAX_UNROLL_TRIPS:
+            return f"{trips} trips (unrolled up to {MAX_UNROLL_TRIPS})"
+        if not _is_constant(body.returns[0], True):
+            return "the loop may stop early (its condition is computed in the body)"
+        size = _size(body)
+        if trips * size > MAX_UNROLLED_NODES:
+            return f"{trips} trips of {size} nodes is more than {MAX_UNROLLED_NODES} nodes unrolled"
+        return None
+
+    def rewrite(self, match: Match, graph: Graph) -> list[Value]:
+        loop = match.root
+        body = loop.blocks[0]
+        carried = list(loop.inputs[2:])
+        for trip in range(match["trips"]):
+            args = dict(zip(body.params, [_constant_value(graph, loop, trip), *carried]))
+            carried = copy_block_before(body, loop, args)[1:]
+        return carried
+
+
+def _is_constant(value: Value, want: Any) -> bool:
+    node = value.node
+    return node is not None and node.op == CONSTANT and node.attrs.get("value") is want
+
+
+def _size(block: Block) -> int:
+    return sum(1 + sum(_size(b) for b in n.blocks) for n in block.nodes)
+
+
+def forward_invariant_carried(graph: Graph) -> int:
+    """A loop-carried value that every trip hands back unchanged (TorchScript carries an
+    Optional argument refined inside the loop) is its initial value: the body and the
+    loop's readers read that instead (``dce`` then drops the carried slot), so ``is None``
+    tests on it fold. Returns the number forwarded."""
+    forwarded = 0
+    for loop in graph.find_nodes("prim::Loop"):
+        if not loop.blocks:
+            continue
+        body = loop.blocks[0]
+        for initial, param, result, out in zip(loop.inputs[2:], body.params[1:], body.returns[1:], loop.outputs):
+            if (param.uses or out.uses) and result is not initial and _same_as(result, param):
+                param.replace_all_uses_with(initial)
+                out.replace_all_uses_with(initial)
+                forwarded += 1
+    return forwarded
+
+
+def _same_as(value: Value, param: Value) -> bool:
+    """Whether ``value`` is ``param`` on every path (through refinements and If branches)."""
+    if value is param:
+        return True
+    node = value.node
+    if node is None:
+        return False
+    if node.op == "prim::unchecked_cast":
+        return _same_as(node.inputs[0], param)
+    if node.op == "prim::If" and len(node.blocks) == 2:
+        return all(_same_as(b.returns[value.index], param) for b in node.blocks)
+    return False
+
+
+_LIST_WRITERS = frozenset({"aten::append.t", "aten::_set_item.t"})
+
+
+def functional_lists(graph: Graph) -> int:
+    """Lists that scripted code builds or edits in the top block (``rows = []`` then
+    ``rows.append(r)``, as an unrolled loop leaves them; ``s = list(x.shape)`` then
+    ``s[0] = 1``) become one ``prim::ListConstruct`` per state read: each reader gets
+    the elements as they are at its place. Only lists whose every user is in the top
+    block and is an append, a set of a constant index or a reader that does not change
+    them (``_LIST_READERS``) are rewritten. Returns the number of writes removed."""
+    for copy in [n for n in graph.block.nodes if n.op == "aten::list.t"]:
+        elements = _elements_of(graph, copy.inputs[0], copy)
+        if elements is not None and _edited_in_top_block(graph, copy.output):
+            built = graph.create_node("prim::ListConstruct", elements, [copy.output.type],
+                                      meta=copy.meta.copy(), before=copy)
+            copy.output.replace_all_uses_with(built.output)
+            copy.erase()
+    removed = 0
+    for built in [n for n in graph.block.nodes if n.op == "prim::ListConstruct"]:
+        if not any(u.op in _LIST_WRITERS for u in built.output.users()):
+            continue
+        if not _edited_in_top_block(graph, built.output):
+            continue
+        elements, current, writes = list(built.inputs), built.output, []
+        node = built.next
+        while node is not None and node is not graph.block.return_node:
+            if node.op in _LIST_WRITERS and node.inputs[0] is built.output:
+                if node.op == "aten::append.t":
+                    elements.append(node.inputs[1])
+                else:
+                    index = node.inputs[1].node.attrs["value"]
+                    if not -len(elements) <= index < len(elements):
+                        writes = []  # the run raises IndexError there: the writes stay
+                        break
+                    elements[index] = node.inputs[2]
+                current = None  # the next reader needs a list of the new elements
+                writes.append(node)
+            elif any(v is built.output for v in node.inputs):
+                if current is None:
+                    current = graph.create_node("prim::ListConstruct", elements, [built.output.type],
+                                                meta=node.meta.copy(), before=node).output
+                for i, v in enumerate(node.inputs):
+                    if v is built.output:
+                        node.replace_input(i, current)
+            node = node.next
+        graph.erase_nodes(writes)
+        removed += len(writes)
+    return removed
+
+
+def _edited_in_top_block(graph: Graph, listed: Value) -> bool:
+    """Whether every user of ``listed`` is a top-block writer (an append, a set of a
+    constant index, its result unused) or a reader that leaves it as it is."""
+    for user in listed.users():
+        if user.block is not graph.block:
+            return False
+        if user.op in _LIST_WRITERS:
+            if user.inputs[0] is not listed or user.output.uses:
+                return False
+            if user.op == "aten::_set_item.t" and not _is_int_constant(user.inputs[1]):
+                return False
+        elif user.op not in _LIST_READERS:
+            return False
+    return True
+
+
+def _elements_of(graph: Graph, listed: Value, before: Node) -> list[Value] | None:
+    """Element values of a list: those of a built list, or a size list's dims one by one."""
+    node = listed.node
+    if node is not None and node.op == "prim::ListConstruct":
+        return list(node.inputs)
+    if node is not None and node.op == "aten::size" and len(node.inputs) == 1:
+        t = node.inputs[0].type
+        if isinstance(t, TensorType) and t.rank is not None:
+            return [graph.create_node("aten::size.int", [node.inputs[0], _constant_value(graph, before, d)], [INT],
+                                      meta=before.meta.copy(), before=before).output for d in range(t.rank)]
+    return None
+
+
+def _is_int_constant(value: Value) -> bool:
+    node = value.node
+    return (node is not None and node.op == CONSTANT and isinstance(node.attrs.get("value"), int)
+            and not isinstance(node.attrs.get("value"), bool))
+
+
+CONTROL_FLOW_RULES: tuple[Rule, ...] = (InlineConstantIf(), UnrollConstantLoop())
+
+
+def fold_control_flow(graph: Graph) -> int:
+    """Inline every If and unroll every loop the constants decide; the number of them."""
+    return Rewriter(CONTROL_FLOW_RULES).apply(graph)
+
+
 SCRIPTED_RULES: tuple[Rule, ...] = (DtypeOfTyped(), GetItemOfBuiltList(), LenOfBuiltList(), IsNone(),
-                                    IntOfNumToTensor(), UncheckedCastOfKnown())
+                                    IntOfNumToTensor(), IntOfTensorInt(), NarrowAtTensorStart(), DimOfTyped(), DeviceOfTensor(),
+                                    UncheckedCastOfKnown(), *CONTROL_FLOW_RULES)

@@ -64,6 +64,9 @@ def trace(model: torch.nn.Module, example_inputs: tuple, *, inference_func=None)
     arg_names = _positional_names(model) if inference_func is None else []
     for value, name in zip(graph.inputs, _leaf_paths(adapter.inputs_schema, arg_names)):
         value.name_hint = name
+    # Sizes the trace baked into scripted calls: probes make them shape computations,
+    # dexport.capture refuses them without probes.
+    graph.baked_sizes = watch.baked_sizes
     return graph
 
 

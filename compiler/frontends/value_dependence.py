@@ -26,6 +26,15 @@ it into a shape computation. Two checks tell the two apart:
   that refuses the probe's values (a float tensor that holds indices) gives no evidence
   either way, and the check is skipped.
 
+* ``ConversionWatch`` also watches calls into scripted code (``torch.jit.script``
+  functions and modules) while tracing. A traced number passed where the scripted code
+  takes an int, float, bool or a list of them (``n = x.shape[0]; scripted(x, n)``) is
+  baked into the trace as the example's constant, without any Python conversion the
+  watch could see. One computed from the input values is refused at once; one computed
+  from the input sizes is recorded (``watch.baked_sizes``): differential capture turns
+  such constants into shape computations, and ``dexport.capture`` refuses them where
+  it does not probe (a model without ``forward_batched``).
+
 Conversions that the trace *records* (``aten::Int`` or ``aten::ScalarImplicit`` nodes,
 e.g. a count passed on to ``topk``, or PanopticFPN's output canvas sized by the maximum
 of ``output_sizes``) are not refused: the graph computes them on every input.
@@ -43,7 +52,7 @@ import torch
 
 from dexport.ir.errors import CaptureError, DexportError
 
-__all__ = ["ConversionWatch", "ONE_PATH_HINT", "ValueDependenceError", "check_content_probe",
+__all__ = ["BakedArgument", "ConversionWatch", "ONE_PATH_HINT", "ValueDependenceError", "check_content_probe",
            "content_probe", "depends_on_inputs", "probe_content"]
 
 ONE_PATH_HINT = ("tracing records one path and the Python values of one example: compute "
@@ -130,6 +139,7 @@ class ConversionWatch:
         self.is_user_file = is_user_file
         self.relative_path = relative_path
         self.found: list[Conversion] = []
+        self.baked_sizes: list[BakedArgument] = []  # traced sizes passed into scripted code
 
     def __enter__(self) -> "ConversionWatch":
         with _lock:
@@ -168,6 +178,113 @@ class ConversionWatch:
         conversion = Conversion(op, method, result, "" if scope is None else scope, self._source(frame))
         self.found.append(conversion)
         return conversion
+
+
+@dataclass
+class BakedArgument:
+    """A traced number passed into scripted code, which the trace keeps as a constant."""
+    function: str
+    op: str  # the call the trace records: prim::CallFunction or prim::CallMethod
+    argument: str
+    value: Any
+    reads: str  # "values" or "sizes"
+    scope: str | None
+    source: str | None
+
+    def error(self) -> CaptureError:
+        what = (f"the model passes a number computed from the input {self.reads} ({self.value!r} here) to "
+                f"the scripted {self.function!r} as its argument {self.argument!r}: a trace keeps "
+                "the number this example gave as a constant, so the scripted code would run "
+                "with it on every input (a loop over that many rows, a slice of that length)")
+        error_type = ValueDependenceError if self.reads == "values" else CaptureError
+        return error_type(what, op=self.op, scope=self.scope, source=self.source,
+                          hint=f"pass the tensor itself to {self.function!r} and take its size (or "
+                               "value) inside the scripted code, e.g. `x.size(0)`, where TorchScript "
+                               "keeps it a computation")
+
+
+def _saw_call(watch: "ConversionWatch", function, args: tuple, kwargs: dict, frame) -> None:
+    """Check the arguments of a call into scripted code (see the module doc)."""
+    graph = torch._C._get_tracing_state().graph()
+    arguments = list(function.schema.arguments)
+    if isinstance(function, torch._C.ScriptMethod):
+        arguments = arguments[1:]  # self is bound
+    bound = list(zip(arguments, args)) + [(a, kwargs[a.name]) for a in arguments if a.name in kwargs]
+    for argument, value in bound:
+        if _holds_tensors(argument.type):
+            continue  # a tensor argument stays a traced value
+        tensors = [value] if isinstance(value, torch.Tensor) else \
+            [t for t in value if isinstance(t, torch.Tensor)] if isinstance(value, (list, tuple)) else []
+        for tensor in tensors:
+            traced = _value_trace(tensor)
+            if traced is None or not _reads_inputs(traced, graph):
+                continue
+            reads = "values" if depends_on_inputs(traced, graph, "value") == "value" else "sizes"
+            scope = watch.scope()
+            name = (getattr(function, "qualified_name", None) or function.name).removeprefix("__torch__.")
+            op = "prim::CallMethod" if isinstance(function, torch._C.ScriptMethod) else "prim::CallFunction"
+            baked = BakedArgument(name, op, argument.name, _plain_value(value), reads,
+                                  "" if scope is None else scope, watch._source(frame))
+            if reads == "values":
+                raise baked.error()
+            watch.baked_sizes.append(baked)
+            break
+
+
+def _plain_value(value):
+    """``value`` with its traced tensors as the numbers they hold, for a message (read
+    without the watch or the tracer taking note)."""
+    busy = getattr(_local, "busy", False)
+    _local.busy = True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            if isinstance(value, torch.Tensor):
+                return value.tolist()
+            return [v.tolist() if isinstance(v, torch.Tensor) else v for v in value]
+    finally:
+        _local.busy = busy
+
+
+def _reads_inputs(value, graph) -> bool:
+    """Whether the traced ``value`` is computed from the graph's input tensors at all
+    (their values or their sizes)."""
+    inputs = {v.unique() for v in graph.inputs() if not isinstance(v.type(), torch._C.ClassType)}
+    seen, todo = set(), deque([value])
+    while todo:
+        v = todo.popleft()
+        if v.unique() in seen:
+            continue
+        seen.add(v.unique())
+        if v.unique() in inputs:
+            return True
+        node = v.node()
+        if node.kind() in ("prim::Constant", "prim::GetAttr"):
+            continue
+        todo.extend(node.inputs())
+        for block in node.blocks():
+            todo.extend(block.returnNode().inputs())
+    return False
+
+
+def _scripted_call(original):
+    def call(self, *args, **kwargs):
+        if not _active or torch._C._get_tracing_state() is None or getattr(_local, "busy", False):
+            return original(self, *args, **kwargs)
+        watch = _active[-1]
+        before = len(watch.baked_sizes)
+        _saw_call(watch, self, args, kwargs, sys._getframe(1))
+        if len(watch.baked_sizes) == before:
+            return original(self, *args, **kwargs)
+        with warnings.catch_warnings():  # the tracer's warning about the number just recorded
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            return original(self, *args, **kwargs)
+    return call
+
+
+# Calls into scripted code, whose int arguments the tracer bakes in (see the module doc).
+_SCRIPTED_CALLABLES = (torch._C.ScriptFunction, torch._C.ScriptMethod)
+_scripted_originals: dict[type, Any] = {}
 
 
 def _value_trace(tensor: torch.Tensor):
@@ -229,6 +346,9 @@ def _printing(original):
 
 
 def _patch() -> None:
+    for cls in _SCRIPTED_CALLABLES:
+        _scripted_originals[cls] = cls.__call__
+        cls.__call__ = _scripted_call(cls.__call__)
     for method in (*_WATCHED, *_PRINTING):
         _originals[method] = torch.Tensor.__dict__.get(method)
         original = getattr(torch.Tensor, method)
@@ -237,6 +357,9 @@ def _patch() -> None:
 
 
 def _unpatch() -> None:
+    for cls, own in _scripted_originals.items():
+        cls.__call__ = own
+    _scripted_originals.clear()
     for method, own in _originals.items():
         if own is None:
             delattr(torch.Tensor, method)  # inherited from torch._C.TensorBase again

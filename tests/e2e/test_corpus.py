@@ -305,9 +305,6 @@ EXPECTED_FAILURES: dict[str, str] = {
     "vit_encoder": "1 " + _NO_LOWERING + "aten::scaled_dot_product_attention",
     "detr_head": "1 " + _NO_LOWERING + "aten::scaled_dot_product_attention",
     "lstm_gru": "2 " + _NO_LOWERING + "aten::gru.input, aten::lstm.input",
-    # If/Loop, prim::dtype and list indexing lower now and infer-types types most of the
-    # scripted body; a prim::Loop's carried values keep the untyped declared type.
-    "scripted_postprocess": "output 0 of aten::add.Tensor has no known dtype (Tensor)",
 }
 
 

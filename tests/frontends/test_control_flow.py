@@ -10,9 +10,11 @@ import torch
 import dexport
 from dexport.backends.onnx import emit_onnx, run_onnx
 from dexport.ir import verify
+from dexport.ir.errors import CaptureError
 from dexport.ir.interpreter import run
 from dexport.ir.parser import parse
 from dexport.passes import PassManager
+from dexport.passes.scripted import MAX_UNROLL_TRIPS
 
 
 @torch.jit.script
@@ -152,3 +154,168 @@ def test_if_and_loop_lower_to_onnx_and_run(rows, threshold):
 def test_if_lowering_is_deterministic():
     first = emit_onnx(parse(LOOP_WITH_IF)).SerializeToString()
     assert emit_onnx(parse(LOOP_WITH_IF)).SerializeToString() == first
+
+
+@torch.jit.script
+def smooth(x: torch.Tensor, bias: Optional[torch.Tensor], steps: int) -> torch.Tensor:
+    if x.dtype == torch.float32:  # decided once prim::dtype folds (fold-constants)
+        x = x * 2.0
+    else:
+        x = x.float()
+    for i in range(steps):
+        x = x - x.mean(0, keepdim=True) + float(i)
+        if bias is not None:  # decided by the types (canonicalize)
+            x = x + bias
+    return x
+
+
+class ConstantControlFlow(torch.nn.Module):
+    def __init__(self, steps: int):
+        super().__init__()
+        self.lin, self.steps = torch.nn.Linear(4, 4), steps
+
+    def forward(self, x):
+        return smooth(self.lin(x), None, self.steps)
+
+
+def _ops(graph):
+    return {n.op for n in graph.nodes()}
+
+
+def _onnx_ops(result):
+    import onnx
+    return {n.op_type for n in onnx.load(str(result.directory / "model.onnx")).graph.node}
+
+
+def test_constant_conditions_inline_and_small_constant_loops_unroll(tmp_path):
+    torch.manual_seed(0)
+    model = ConstantControlFlow(steps=3).eval()
+    graph = dexport.capture(model, (torch.randn(3, 4),))
+    assert {"prim::Loop", "prim::If"} <= _ops(graph)
+    PassManager("canonicalize,fold-constants,dce", verify_each=True).run(graph)
+    assert not _ops(graph) & {"prim::Loop", "prim::If"}, _ops(graph)
+    for x in (torch.randn(5, 4), torch.randn(1, 4)):
+        torch.testing.assert_close(graph(x), model(x))
+    result = dexport.export(model, (torch.randn(3, 4),), tmp_path / "m",
+                            check_inputs=[(torch.randn(6, 4),), (torch.randn(2, 4),)])
+    assert result.verification.ok, result.verification.format_table()
+    assert not _onnx_ops(result) & {"Loop", "If"}
+
+
+def test_a_longer_constant_loop_stays_an_onnx_loop_its_constant_if_still_inlines(tmp_path):
+    torch.manual_seed(0)
+    model = ConstantControlFlow(steps=MAX_UNROLL_TRIPS + 1).eval()
+    result = dexport.export(model, (torch.randn(3, 4),), tmp_path / "m", check_inputs=[(torch.randn(5, 4),)])
+    assert result.verification.ok, result.verification.format_table()
+    assert "prim::Loop" in _ops(result.graph) and "prim::If" not in _ops(result.graph)
+    assert "Loop" in _onnx_ops(result) and "If" not in _onnx_ops(result)
+
+
+def test_a_loop_that_may_stop_early_is_not_unrolled():
+    graph = parse(LOOP_WITH_IF.replace("%n: int = aten::size.int(%x, %zero)",
+                                       "%n: int = prim::Constant() {value=3}")
+                              .replace("return (%true, %next, %c2)", "return (%b, %next, %c2)"))
+    x, t = torch.randn(3, 4), torch.tensor(0.0)
+    want = run(graph, [x, t])
+    PassManager("canonicalize,fold-constants,dce", verify_each=True).run(graph)
+    assert "prim::Loop" in _ops(graph)
+    got = run(graph, [x, t])
+    torch.testing.assert_close(got[0], want[0])
+    assert got[1] == want[1]
+
+
+def test_fold_constants_unrolls_a_loop_whose_trip_count_it_computed():
+    graph = parse(LOOP_WITH_IF.replace("%n: int = aten::size.int(%x, %zero)",
+                                       "%n: int = aten::add.int(%one, %one)"))
+    x, t = torch.randn(3, 4), torch.tensor(0.0)
+    want = run(graph, [x, t])
+    PassManager("fold-constants,dce", verify_each=True).run(graph)
+    assert "prim::Loop" not in _ops(graph) and "prim::If" in _ops(graph)  # the If reads data
+    got = run(graph, [x, t])
+    torch.testing.assert_close(got[0], want[0])
+    assert got[1] == want[1]
+
+
+@torch.jit.script
+def sum_first_rows(x: torch.Tensor, n: int) -> torch.Tensor:
+    out = torch.zeros_like(x[0])
+    for i in range(n):
+        out = out + x[i]
+    return out
+
+
+@torch.jit.script
+def sum_all_rows(x: torch.Tensor) -> torch.Tensor:
+    out = torch.zeros_like(x[0])
+    for i in range(x.size(0)):  # the size read inside: TorchScript keeps it a computation
+        out = out + x[i]
+    return out
+
+
+class ScaleRows(torch.nn.Module):
+    def forward(self, x: torch.Tensor, scale: float) -> torch.Tensor:
+        return x * scale
+
+
+class PassesSize(torch.nn.Module):
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+        self.scale = torch.jit.script(ScaleRows())
+
+    def forward(self, x):
+        if self.how == "size":
+            return sum_first_rows(x * 2.0, x.shape[0])  # a 3-row trace would loop 3 times on 5 rows
+        if self.how == "module":
+            return self.scale(x, x.shape[1] * 0.5)
+        if self.how == "value":
+            return self.scale(x, x.abs().max())
+        return sum_all_rows(x * 2.0)
+
+
+@pytest.mark.parametrize("how,op,reads", [("size", "prim::CallFunction", "sizes"),
+                                          ("module", "prim::CallMethod", "sizes"),
+                                          ("value", "prim::CallMethod", "values")])
+def test_a_traced_number_passed_into_scripted_code_is_refused_not_baked(how, op, reads):
+    with pytest.raises(CaptureError) as info:
+        dexport.capture(PassesSize(how), (torch.randn(3, 4),))
+    err = info.value
+    assert err.op == op and err.source.endswith("test_control_flow.py:" + str(_line_of(how)))
+    assert f"computed from the input {reads}" in err.what and "x.size(0)" in err.hint
+
+
+def _line_of(how: str) -> int:
+    import inspect
+    lines, start = inspect.getsourcelines(PassesSize.forward)
+    return start + next(i for i, line in enumerate(lines) if f'"{how}"' in line) + 1
+
+
+def test_the_size_read_inside_the_scripted_function_follows_the_input():
+    model = PassesSize("inside")
+    graph = dexport.capture(model, (torch.randn(3, 4),))
+    x = torch.randn(5, 4)
+    torch.testing.assert_close(graph(x), model(x))  # 5 trips, not the example's 3
+
+
+@torch.jit.script
+def rows_of(sizes: torch.Tensor, n: int) -> torch.Tensor:
+    return sizes.reshape(n, 2)
+
+
+def _scripted_sized_forward_batched(self, images, image_sizes, output_sizes=None):
+    image_sizes = rows_of(image_sizes, images.shape[0])  # the batch size into scripted code
+    return type(self).__mro__[1].forward_batched(self, images, image_sizes, output_sizes)
+
+
+def scripted_sized_detector():
+    from tests.frontends.test_value_dependence import _with_forward_batched
+    return _with_forward_batched("mask_rcnn_tiny", _scripted_sized_forward_batched)
+
+
+@pytest.mark.slow  # a detector export with probes: about 15 s
+def test_a_detector_passing_its_batch_size_into_scripted_code_keeps_it_symbolic(tmp_path):
+    from dexport.cli import main
+    # the probes see the constant follow the batch: fix-batch-dim makes it N, and the
+    # artifact is verified on batches of 2 and 3
+    assert main(["export", "--model", "tests.frontends.test_control_flow:scripted_sized_detector",
+                 "--output", str(tmp_path / "art"), "--size", "64"]) == 0

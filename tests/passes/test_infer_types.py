@@ -171,3 +171,43 @@ def test_values_inside_a_loop_body_are_filled_in():
     body = next(n for n in g.nodes() if n.blocks).blocks[0]
     assert [str(n.outputs[0].type) for n in body.nodes] == ["f32[N,4]"]
     assert torch.equal(before[0], run(g, [x, 3])[0])
+
+
+LOOP_CARRIES = """graph(%x: f32[N,4], %n: int) {
+  %c: bool = prim::Constant() {value=True}
+  %zero: int = prim::Constant() {value=0}
+  %one: int = prim::Constant() {value=1}
+  %half: float = prim::Constant() {value=0.5}
+  %init: Tensor = aten::mul.Scalar(%x, %half)
+  %acc_out: Tensor, %rows_out: Tensor = prim::Loop(%n, %c, %init, %x) {
+    block0(%i: int, %acc: Tensor, %rows: Tensor) {
+      %s: Tensor = aten::add.Tensor(%acc, %x, %one)
+      %pair: list[Tensor] = prim::ListConstruct(%rows, %x)
+      %grown: Tensor = aten::cat(%pair, %zero)
+      return (%c, %s, %grown)
+    }
+  }
+  return (%acc_out, %rows_out)
+}
+"""
+
+
+def test_loop_carried_values_get_what_the_initial_values_and_every_trip_agree_on():
+    g = parse(LOOP_CARRIES)
+    x = torch.randn(3, 4)
+    before = run(g, [x, 2])
+    assert get_pass("infer-types").run(g)
+    loop = next(n for n in g.nodes() if n.op == "prim::Loop")
+    # acc keeps f32[N,4] on every trip; rows grows along dim 0, so that dim is unknown
+    assert [str(v.type) for v in loop.outputs] == ["f32[N,4]", "f32[?,4]"]
+    assert [str(p.type) for p in loop.blocks[0].params[1:]] == ["f32[N,4]", "f32[?,4]"]
+    assert [str(v.type) for v in loop.blocks[0].returns[1:]] == ["f32[N,4]", "f32[?,4]"]
+    assert all(torch.equal(a, b) for a, b in zip(before, run(g, [x, 2])))
+
+
+def test_a_loop_whose_body_changes_a_dtype_learns_no_dtype_for_it():
+    g = parse(LOOP_CARRIES.replace("%s: Tensor = aten::add.Tensor(%acc, %x, %one)",
+                                   "%s: Tensor = aten::gt.Scalar(%acc, %half)"))
+    get_pass("infer-types").run(g)
+    loop = next(n for n in g.nodes() if n.op == "prim::Loop")
+    assert loop.outputs[0].type.dtype is None and str(loop.outputs[1].type) == "f32[?,4]"
