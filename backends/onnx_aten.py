@@ -1250,3 +1250,58 @@ def _pixel_shuffle(ctx: LoweringContext, node: Node) -> list:
         ctx.fail("pixel_shuffle is lowered for 4-D (N, C*r*r, H, W) inputs only",
                  hint="reshape the input to 4-D around the call")
     return [ctx.op("DepthToSpace", ctx.input(node, 0), blocksize=int(ctx.const(node, 1)), mode="CRD")]
+
+
+@lowering("aten::scaled_dot_product_attention")
+def _scaled_dot_product_attention(ctx: LoweringContext, node: Node) -> list:
+    """softmax(q k^T * scale + bias) v, as torch's math kernel computes it. The default
+    scale 1/sqrt(E) comes from q's run-time last dim; ``is_causal`` keeps key j <= query
+    i; a bool mask keeps True, a float mask is added. Grouped-query attention repeats
+    each key/value head over its group of query heads (repeat_interleave on dim -3)."""
+    rank = ctx.rank(node, 0)
+    if rank < 2:
+        raise ctx.fail("scaled_dot_product_attention of a rank < 2 query")
+    dropout_p = ctx.const(node, 4)
+    if dropout_p:
+        raise ctx.fail(f"scaled_dot_product_attention with dropout_p={dropout_p} drops at random "
+                       "on every call; ONNX inference has no equivalent",
+                       "pass dropout_p=0.0 at inference (e.g. `self.p if self.training else 0.0`)")
+    dtype = ctx.out_dtype(node)
+    q, k, v = (ctx.input(node, i, dtype) for i in range(3))
+    if len(node.inputs) > 7 and ctx.const(node, 7):  # enable_gqa
+        if rank < 3:
+            raise ctx.fail("scaled_dot_product_attention with enable_gqa needs a head dim (-3)")
+        group = ctx.op("Div", ctx.dim(q, rank - 3), ctx.dim(k, rank - 3))
+        k, v = (_repeat_interleave_heads(ctx, t, rank, group) for t in (k, v))
+    scale = ctx.const(node, 6) if len(node.inputs) > 6 else None
+    if scale is None:
+        scale = ctx.op("Reciprocal", ctx.op("Sqrt", ctx.cast(ctx.dim(q, rank - 1), dtype)))
+    else:
+        scale = ctx.constant(float(scale), dtype)
+    perm = list(range(rank - 2)) + [rank - 1, rank - 2]
+    scores = ctx.op("Mul", ctx.op("MatMul", q, ctx.op("Transpose", k, perm=perm)), scale)
+    minus_inf = lambda: ctx.constant(float("-inf"), dtype)  # noqa: E731 (only where masked)
+    if ctx.const(node, 5):  # is_causal: query i sees keys 0..i
+        one, zero = ctx.int64(1), ctx.int64(0)
+        rows = ctx.unsqueeze(ctx.op("Range", zero, ctx.dim(q, rank - 2), one), [1])
+        cols = ctx.unsqueeze(ctx.op("Range", zero, ctx.dim(k, rank - 2), one), [0])
+        scores = ctx.op("Where", ctx.op("LessOrEqual", cols, rows), scores, minus_inf())
+    if not ctx.is_none(node, 3):
+        if ctx.dtype(node, 3) == torch.bool:
+            scores = ctx.op("Where", ctx.input(node, 3), scores, minus_inf())
+        else:
+            scores = ctx.op("Add", scores, ctx.input(node, 3, dtype))
+    weights = ctx.op("Softmax", scores, axis=rank - 1)
+    return [ctx.op("MatMul", weights, v)]
+
+
+def _repeat_interleave_heads(ctx: LoweringContext, x: str, rank: int, group: str) -> str:
+    """(..., H, S, E) -> (..., H * group, S, E), each head ``group`` times in a row."""
+    spread = ctx.unsqueeze(x, [rank - 2])  # (..., H, 1, S, E)
+    sizes = ctx.op("Concat", _first_dims(ctx, x, 0, rank - 2), ctx.unsqueeze(group, [0]),
+                   _first_dims(ctx, x, rank - 2), axis=0)
+    expanded = ctx.op("Expand", spread, sizes)
+    heads = ctx.op("Mul", ctx.dim(x, rank - 3), group)
+    merged = ctx.op("Concat", _first_dims(ctx, x, 0, rank - 3), ctx.unsqueeze(heads, [0]),
+                    _first_dims(ctx, x, rank - 2), axis=0)
+    return _reshape(ctx, expanded, merged)
