@@ -1148,7 +1148,11 @@ def _batch_norm(ctx: LoweringContext, node: Node) -> list:
     fill = {1: 1.0, 2: 0.0}
     scale, shift = (ctx.op("Expand", ctx.constant(fill[i], dtype), ctx.shape(mean)) if ctx.is_none(node, i)
                     else ctx.input(node, i, dtype) for i in (1, 2))
-    return [ctx.op("BatchNormalization", x, scale, shift, mean, var, epsilon=float(ctx.const(node, 7)))]
+    eps = float(ctx.const(node, 7))
+    if ctx.rank(node, 0) < 2:  # ONNX's op wants (N, C, ...); a 1-D input's one dim is its channels
+        inv_std = ctx.op("Reciprocal", ctx.op("Sqrt", ctx.op("Add", var, ctx.constant(eps, dtype))))
+        return [ctx.op("Add", ctx.op("Mul", ctx.op("Sub", x, mean), ctx.op("Mul", scale, inv_std)), shift)]
+    return [ctx.op("BatchNormalization", x, scale, shift, mean, var, epsilon=eps)]
 
 
 def _resize(ctx: LoweringContext, node: Node, size_index: int, scale_index: int, **attrs) -> str:
@@ -1268,30 +1272,32 @@ def _scaled_dot_product_attention(ctx: LoweringContext, node: Node) -> list:
                        "pass dropout_p=0.0 at inference (e.g. `self.p if self.training else 0.0`)")
     dtype = ctx.out_dtype(node)
     q, k, v = (ctx.input(node, i, dtype) for i in range(3))
+    k_rank, v_rank = ctx.rank(node, 1), ctx.rank(node, 2)  # q, k, v broadcast over leading dims
     if len(node.inputs) > 7 and ctx.const(node, 7):  # enable_gqa
-        if rank < 3:
+        if min(rank, k_rank, v_rank) < 3:
             raise ctx.fail("scaled_dot_product_attention with enable_gqa needs a head dim (-3)")
-        group = ctx.op("Div", ctx.dim(q, rank - 3), ctx.dim(k, rank - 3))
-        k, v = (_repeat_interleave_heads(ctx, t, rank, group) for t in (k, v))
+        group = ctx.op("Div", ctx.dim(q, rank - 3), ctx.dim(k, k_rank - 3))
+        k, v = (_repeat_interleave_heads(ctx, k, k_rank, group), _repeat_interleave_heads(ctx, v, v_rank, group))
     scale = ctx.const(node, 6) if len(node.inputs) > 6 else None
     if scale is None:
         scale = ctx.op("Reciprocal", ctx.op("Sqrt", ctx.cast(ctx.dim(q, rank - 1), dtype)))
     else:
         scale = ctx.constant(float(scale), dtype)
-    perm = list(range(rank - 2)) + [rank - 1, rank - 2]
-    scores = ctx.op("Mul", ctx.op("MatMul", q, ctx.op("Transpose", k, perm=perm)), scale)
+    perm = list(range(k_rank - 2)) + [k_rank - 1, k_rank - 2]
+    # scaled before the product, as torch's kernels do (keeps the float error of large scores down)
+    scores = ctx.op("MatMul", ctx.op("Mul", q, scale), ctx.op("Transpose", k, perm=perm))
     minus_inf = lambda: ctx.constant(float("-inf"), dtype)  # noqa: E731 (only where masked)
     if ctx.const(node, 5):  # is_causal: query i sees keys 0..i
         one, zero = ctx.int64(1), ctx.int64(0)
         rows = ctx.unsqueeze(ctx.op("Range", zero, ctx.dim(q, rank - 2), one), [1])
-        cols = ctx.unsqueeze(ctx.op("Range", zero, ctx.dim(k, rank - 2), one), [0])
+        cols = ctx.unsqueeze(ctx.op("Range", zero, ctx.dim(k, k_rank - 2), one), [0])
         scores = ctx.op("Where", ctx.op("LessOrEqual", cols, rows), scores, minus_inf())
     if not ctx.is_none(node, 3):
         if ctx.dtype(node, 3) == torch.bool:
             scores = ctx.op("Where", ctx.input(node, 3), scores, minus_inf())
         else:
             scores = ctx.op("Add", scores, ctx.input(node, 3, dtype))
-    weights = ctx.op("Softmax", scores, axis=rank - 1)
+    weights = ctx.op("Softmax", scores, axis=-1)
     return [ctx.op("MatMul", weights, v)]
 
 
