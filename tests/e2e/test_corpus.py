@@ -300,7 +300,6 @@ CORPUS = {
 # all are the emitter's list of ops without an ONNX lowering (UnsupportedOpsError).
 _NO_LOWERING = "op(s) have no ONNX lowering (opset 17): "
 EXPECTED_FAILURES: dict[str, str] = {
-    "lstm_gru": "2 " + _NO_LOWERING + "aten::gru.input, aten::lstm.input",
     # If/Loop, prim::dtype and list indexing lower now and infer-types types most of the
     # scripted body; a prim::Loop's carried values keep the untyped declared type.
     "scripted_postprocess": "output 0 of aten::add.Tensor has no known dtype (Tensor)",
