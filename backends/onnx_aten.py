@@ -456,6 +456,8 @@ lowering("aten::min.dim")(_max_min_dim("ReduceMin", "ArgMin"))
 @lowering("aten::cumsum")
 def _cumsum(ctx: LoweringContext, node: Node) -> list:
     dtype = ctx.out_dtype(node)
+    if ctx.rank(node, 0) == 0:  # the running sum of one element (ONNX CumSum wants rank >= 1)
+        return [ctx.input(node, 0, dtype)]
     axis = _dim(ctx.const(node, 1), ctx.rank(node, 0))
     return [ctx.op("CumSum", ctx.input(node, 0, dtype), ctx.int64(axis))]
 
@@ -463,8 +465,11 @@ def _cumsum(ctx: LoweringContext, node: Node) -> list:
 @lowering("aten::softmax.int", "aten::log_softmax.int", "aten::_softmax", "aten::_log_softmax")
 def _softmax(ctx: LoweringContext, node: Node) -> list:
     dtype = ctx.out_dtype(node)
-    axis = _dim(ctx.const(node, 1), ctx.rank(node, 0))
+    rank = ctx.rank(node, 0)
+    axis = _dim(ctx.const(node, 1), rank)
     op = "LogSoftmax" if "log_softmax" in node.op else "Softmax"
+    if rank == 0:  # ONNX wants rank >= 1: softmax of one element, as a 1-element vector
+        return [ctx.squeeze(ctx.op(op, ctx.unsqueeze(ctx.input(node, 0, dtype), [0]), axis=0), [0])]
     return [ctx.op(op, ctx.input(node, 0, dtype), axis=axis)]
 
 
@@ -549,6 +554,8 @@ def _permute(ctx: LoweringContext, node: Node) -> list:
 def _transpose(ctx: LoweringContext, node: Node) -> list:
     rank = ctx.rank(node, 0)
     x = ctx.input(node, 0)
+    if rank < 2:  # swapping a 0-d or 1-d tensor's dims (0 and -1 are the same one) is no-op
+        return [x]
     if node.op == "aten::transpose.int":
         a, b = _dim(ctx.const(node, 1), rank), _dim(ctx.const(node, 2), rank)
     else:
