@@ -98,12 +98,12 @@ def test_roi_pool_kernel_matches_the_reference():
     and rois past the borders included."""
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(2, 3, 9, 11, generator=gen)
-    corner = torch.rand(40, 2, generator=gen) * 30 - 5
-    rois = torch.cat((torch.randint(0, 2, (40, 1), generator=gen).float(), corner,
-                      corner + torch.rand(40, 2, generator=gen) * 25), 1)
+    corner = torch.rand(16, 2, generator=gen) * 30 - 5
+    rois = torch.cat((torch.randint(0, 2, (16, 1), generator=gen).float(), corner,
+                      corner + torch.rand(16, 2, generator=gen) * 25), 1)
     rois = torch.cat((rois, ROIS))
     for scale in (1.0, 0.5, 0.25):
-        for size in ((3, 2), (7, 7), (1, 1)):
+        for size in ((3, 2), (2, 5)):
             expected = tv.roi_pool(x, rois, size, scale)
             assert torch.equal(torch.ops.dexport.roi_pool(x, rois, scale, *size), expected), (scale, size)
 
