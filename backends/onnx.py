@@ -11,8 +11,8 @@ ONNX nodes through a ``LoweringContext``::
 It returns one entry per IR output: the ONNX name of the output tensor, or, for
 an IR list (``list[Tensor]`` from ``aten::unbind``, ``list[int]``), ``ctx.seq``
 of the element entries. Lowerings for ``aten::*``/``prim::*``
-live in ``dexport.backends.onnx_aten``, those for ``dexport::*`` in
-``dexport.backends.onnx_detection``; both are imported on first use.
+live in ``dexport.backends.onnx_aten`` (recurrent layers in ``onnx_rnn``), those for
+``dexport::*`` in ``dexport.backends.onnx_detection``; all are imported on first use.
 
 How IR values map to ONNX
 -------------------------
@@ -84,7 +84,7 @@ Lowering = Callable[["LoweringContext", Node], list]
 # The standard-ONNX lowering table; the modules holding its lowerings import this one,
 # so the table imports them on first lookup.
 LOWERINGS = LoweringTable("onnx", modules=("dexport.backends.onnx_aten", "dexport.backends.onnx_detection",
-                                              "dexport.backends.onnx_control_flow"))
+                                              "dexport.backends.onnx_control_flow", "dexport.backends.onnx_rnn"))
 lowering = LOWERINGS.register  # @lowering("aten::relu") registers fn(ctx, node) -> list
 
 MIN_OPSET, MAX_OPSET = 17, 21

@@ -456,6 +456,8 @@ lowering("aten::min.dim")(_max_min_dim("ReduceMin", "ArgMin"))
 @lowering("aten::cumsum")
 def _cumsum(ctx: LoweringContext, node: Node) -> list:
     dtype = ctx.out_dtype(node)
+    if ctx.rank(node, 0) == 0:  # the running sum of one element (ONNX CumSum wants rank >= 1)
+        return [ctx.input(node, 0, dtype)]
     axis = _dim(ctx.const(node, 1), ctx.rank(node, 0))
     return [ctx.op("CumSum", ctx.input(node, 0, dtype), ctx.int64(axis))]
 
@@ -463,8 +465,11 @@ def _cumsum(ctx: LoweringContext, node: Node) -> list:
 @lowering("aten::softmax.int", "aten::log_softmax.int", "aten::_softmax", "aten::_log_softmax")
 def _softmax(ctx: LoweringContext, node: Node) -> list:
     dtype = ctx.out_dtype(node)
-    axis = _dim(ctx.const(node, 1), ctx.rank(node, 0))
+    rank = ctx.rank(node, 0)
+    axis = _dim(ctx.const(node, 1), rank)
     op = "LogSoftmax" if "log_softmax" in node.op else "Softmax"
+    if rank == 0:  # ONNX wants rank >= 1: softmax of one element, as a 1-element vector
+        return [ctx.squeeze(ctx.op(op, ctx.unsqueeze(ctx.input(node, 0, dtype), [0]), axis=0), [0])]
     return [ctx.op(op, ctx.input(node, 0, dtype), axis=axis)]
 
 
@@ -549,6 +554,8 @@ def _permute(ctx: LoweringContext, node: Node) -> list:
 def _transpose(ctx: LoweringContext, node: Node) -> list:
     rank = ctx.rank(node, 0)
     x = ctx.input(node, 0)
+    if rank < 2:  # swapping a 0-d or 1-d tensor's dims (0 and -1 are the same one) is no-op
+        return [x]
     if node.op == "aten::transpose.int":
         a, b = _dim(ctx.const(node, 1), rank), _dim(ctx.const(node, 2), rank)
     else:
@@ -1148,7 +1155,11 @@ def _batch_norm(ctx: LoweringContext, node: Node) -> list:
     fill = {1: 1.0, 2: 0.0}
     scale, shift = (ctx.op("Expand", ctx.constant(fill[i], dtype), ctx.shape(mean)) if ctx.is_none(node, i)
                     else ctx.input(node, i, dtype) for i in (1, 2))
-    return [ctx.op("BatchNormalization", x, scale, shift, mean, var, epsilon=float(ctx.const(node, 7)))]
+    eps = float(ctx.const(node, 7))
+    if ctx.rank(node, 0) < 2:  # ONNX's op wants (N, C, ...); a 1-D input's one dim is its channels
+        inv_std = ctx.op("Reciprocal", ctx.op("Sqrt", ctx.op("Add", var, ctx.constant(eps, dtype))))
+        return [ctx.op("Add", ctx.op("Mul", ctx.op("Sub", x, mean), ctx.op("Mul", scale, inv_std)), shift)]
+    return [ctx.op("BatchNormalization", x, scale, shift, mean, var, epsilon=eps)]
 
 
 def _resize(ctx: LoweringContext, node: Node, size_index: int, scale_index: int, **attrs) -> str:
@@ -1250,3 +1261,60 @@ def _pixel_shuffle(ctx: LoweringContext, node: Node) -> list:
         ctx.fail("pixel_shuffle is lowered for 4-D (N, C*r*r, H, W) inputs only",
                  hint="reshape the input to 4-D around the call")
     return [ctx.op("DepthToSpace", ctx.input(node, 0), blocksize=int(ctx.const(node, 1)), mode="CRD")]
+
+
+@lowering("aten::scaled_dot_product_attention")
+def _scaled_dot_product_attention(ctx: LoweringContext, node: Node) -> list:
+    """softmax(q k^T * scale + bias) v, as torch's math kernel computes it. The default
+    scale 1/sqrt(E) comes from q's run-time last dim; ``is_causal`` keeps key j <= query
+    i; a bool mask keeps True, a float mask is added. Grouped-query attention repeats
+    each key/value head over its group of query heads (repeat_interleave on dim -3)."""
+    rank = ctx.rank(node, 0)
+    if rank < 2:
+        raise ctx.fail("scaled_dot_product_attention of a rank < 2 query")
+    dropout_p = ctx.const(node, 4)
+    if dropout_p:
+        raise ctx.fail(f"scaled_dot_product_attention with dropout_p={dropout_p} drops at random "
+                       "on every call; ONNX inference has no equivalent",
+                       "pass dropout_p=0.0 at inference (e.g. `self.p if self.training else 0.0`)")
+    dtype = ctx.out_dtype(node)
+    q, k, v = (ctx.input(node, i, dtype) for i in range(3))
+    k_rank, v_rank = ctx.rank(node, 1), ctx.rank(node, 2)  # q, k, v broadcast over leading dims
+    if len(node.inputs) > 7 and ctx.const(node, 7):  # enable_gqa
+        if min(rank, k_rank, v_rank) < 3:
+            raise ctx.fail("scaled_dot_product_attention with enable_gqa needs a head dim (-3)")
+        group = ctx.op("Div", ctx.dim(q, rank - 3), ctx.dim(k, k_rank - 3))
+        k, v = (_repeat_interleave_heads(ctx, k, k_rank, group), _repeat_interleave_heads(ctx, v, v_rank, group))
+    scale = ctx.const(node, 6) if len(node.inputs) > 6 else None
+    if scale is None:
+        scale = ctx.op("Reciprocal", ctx.op("Sqrt", ctx.cast(ctx.dim(q, rank - 1), dtype)))
+    else:
+        scale = ctx.constant(float(scale), dtype)
+    perm = list(range(k_rank - 2)) + [k_rank - 1, k_rank - 2]
+    # scaled before the product, as torch's kernels do (keeps the float error of large scores down)
+    scores = ctx.op("MatMul", ctx.op("Mul", q, scale), ctx.op("Transpose", k, perm=perm))
+    minus_inf = lambda: ctx.constant(float("-inf"), dtype)  # noqa: E731 (only where masked)
+    if ctx.const(node, 5):  # is_causal: query i sees keys 0..i
+        one, zero = ctx.int64(1), ctx.int64(0)
+        rows = ctx.unsqueeze(ctx.op("Range", zero, ctx.dim(q, rank - 2), one), [1])
+        cols = ctx.unsqueeze(ctx.op("Range", zero, ctx.dim(k, k_rank - 2), one), [0])
+        scores = ctx.op("Where", ctx.op("LessOrEqual", cols, rows), scores, minus_inf())
+    if not ctx.is_none(node, 3):
+        if ctx.dtype(node, 3) == torch.bool:
+            scores = ctx.op("Where", ctx.input(node, 3), scores, minus_inf())
+        else:
+            scores = ctx.op("Add", scores, ctx.input(node, 3, dtype))
+    weights = ctx.op("Softmax", scores, axis=-1)
+    return [ctx.op("MatMul", weights, v)]
+
+
+def _repeat_interleave_heads(ctx: LoweringContext, x: str, rank: int, group: str) -> str:
+    """(..., H, S, E) -> (..., H * group, S, E), each head ``group`` times in a row."""
+    spread = ctx.unsqueeze(x, [rank - 2])  # (..., H, 1, S, E)
+    sizes = ctx.op("Concat", _first_dims(ctx, x, 0, rank - 2), ctx.unsqueeze(group, [0]),
+                   _first_dims(ctx, x, rank - 2), axis=0)
+    expanded = ctx.op("Expand", spread, sizes)
+    heads = ctx.op("Mul", ctx.dim(x, rank - 3), group)
+    merged = ctx.op("Concat", _first_dims(ctx, x, 0, rank - 3), ctx.unsqueeze(heads, [0]),
+                    _first_dims(ctx, x, rank - 2), axis=0)
+    return _reshape(ctx, expanded, merged)

@@ -138,6 +138,17 @@ def _lower_roi_align(ctx: LoweringContext, node: Node) -> list:
     return [ctx.typed(out, dtype)]
 
 
+@lowering("dexport::roi_pool")
+def _lower_roi_pool(ctx: LoweringContext, node: Node) -> list:
+    # ONNX MaxRoiPool is the same Caffe/Fast R-CNN rule (corners rounded half away from
+    # zero, x2/y2 inclusive, bins floor/ceil, empty bins 0); onnxruntime has float only.
+    dtype = ctx.dtype(node, 0)
+    spatial_scale, output_h, output_w = (ctx.const(node, i) for i in range(2, 5))
+    out = ctx.op("MaxRoiPool", ctx.input(node, 0, F32), ctx.input(node, 1, F32),
+                 pooled_shape=[int(output_h), int(output_w)], spatial_scale=float(spatial_scale))
+    return [ctx.cast(ctx.typed(out, F32), dtype)]
+
+
 # --------------------------------------------------------------------------- box coding
 
 def _centers(ctx: LoweringContext, boxes: str, dtype: torch.dtype) -> tuple[str, str, str, str]:

@@ -197,6 +197,12 @@ def _own_table(supports: Supports) -> dict:
     return {op: fn for op, fn in _OWN_DECOMPOSITIONS.items() if not supports(op.name())}
 
 
+def target_decompositions(supports: Supports) -> dict:
+    """The decompositions ``decompose`` traces with for a target: torch's and dexport's,
+    for the ops the target lacks (so tracing stops at ops it has)."""
+    return {**_table(supports), **_own_table(supports)}
+
+
 def has_decomposition(op: torch._ops.OpOverload) -> bool:
     """Whether ``decompose`` can rewrite ``op``: an entry in torch's tables or dexport's,
     or a composite kernel (CompositeImplicitAutograd), which tracing always expands."""
@@ -235,7 +241,7 @@ class _Tracer:
         if len(node.inputs) != len(schema.arguments):
             raise _Refusal(f"{len(node.inputs)} inputs for {len(schema.arguments)} schema arguments")
         try:
-            gm = self.trace_with({**_table(self.supports), **_own_table(self.supports)})
+            gm = self.trace_with(target_decompositions(self.supports))
         except _Failed as err:  # any failure of torch's tracing means "not decomposable here"
             raise _Refusal(f"tracing the decomposition failed: {err}") from None
         baked = {str(g.expr) for g in self.env.guards} - self._own_guards()

@@ -26,8 +26,10 @@ reference kernel on the library's schemas):
   own channel (a mask multiply and sum). Only when its second output, the channel
   mapping, is unused (a model reads it only for the backward pass).
 
-``torchvision::roi_pool`` (max pooling over quantised bins) has no dexport op and
-stays as it is: ``--check`` lists it.
+* ``torchvision::roi_pool(input, rois, spatial_scale, pooled_height, pooled_width)``
+  (Fast R-CNN max pooling over bins quantised to the feature grid, an empty bin 0):
+  ``dexport::roi_pool``. Only when its second output, the argmax, is unused (it
+  serves the backward pass).
 """
 from __future__ import annotations
 
@@ -117,7 +119,23 @@ class TorchvisionPsRoiAlign(Rule):
         return [out, root.outputs[1]]  # the mapping has no uses (check): it goes with the root
 
 
-RULES: tuple[Rule, ...] = (TorchvisionNms(), TorchvisionRoiAlign(), TorchvisionPsRoiAlign())
+class TorchvisionRoiPool(Rule):
+    pattern = Op("torchvision::roi_pool", Var("input"), Var("rois"), Var("spatial_scale"),
+                 Var("pooled_height"), Var("pooled_width"))
+
+    def check(self, match):
+        if match.root.outputs[1].uses:
+            return "its argmax output is used (only the pooled output has a dexport equivalent)"
+        return None
+
+    def rewrite(self, match: Match, graph: Graph) -> list[Value]:
+        names = ("input", "rois", "spatial_scale", "pooled_height", "pooled_width")
+        pooled = _dexport_node(graph, match.root, "dexport::roi_pool", [match[n] for n in names],
+                               types=[match.root.outputs[0].type])
+        return [pooled.output, match.root.outputs[1]]  # the argmax has no uses (check): it goes with the root
+
+
+RULES: tuple[Rule, ...] = (TorchvisionNms(), TorchvisionRoiAlign(), TorchvisionPsRoiAlign(), TorchvisionRoiPool())
 # The third-party op names the rules recognise.
 RECOGNISED_OPS: tuple[str, ...] = tuple(op for rule in RULES for op in rule.pattern.ops)
 

@@ -8,7 +8,12 @@ bilinear samples outside [-1, H] x [-1, W] count as 0, others are clamped into
 the image; legacy (``aligned=False``) rois are at least one pixel. Where
 torchvision is installed its ops are used as they are.
 
-``nms``, ``roi_align`` and ``ps_roi_align`` are the python entry points a model
+``roi_pool`` follows torchvision's CPU kernel too: roi corners rounded (C's round,
+halves away from zero) to cells, x2/y2 inclusive and a roi at least one cell, bin
+[floor(i*size), ceil((i+1)*size)) max-pooled, an empty bin 0; its second output is
+the argmax (flat h*W + w within the image, -1 for an empty bin).
+
+``nms``, ``roi_align``, ``ps_roi_align`` and ``roi_pool`` are the python entry points a model
 calls, like ``torchvision.ops``'s.
 """
 from __future__ import annotations
@@ -23,6 +28,8 @@ SCHEMAS = {
                  "SymInt pooled_width, int sampling_ratio, bool aligned) -> Tensor",
     "ps_roi_align": "ps_roi_align(Tensor input, Tensor rois, float spatial_scale, SymInt pooled_height, "
                     "SymInt pooled_width, int sampling_ratio) -> (Tensor, Tensor)",
+    "roi_pool": "roi_pool(Tensor input, Tensor rois, float spatial_scale, SymInt pooled_height, "
+                "SymInt pooled_width) -> (Tensor, Tensor)",
 }
 
 _LIBRARY = None  # kept alive: dropping a torch.library.Library removes its ops
@@ -122,7 +129,37 @@ def reference_ps_roi_align(input, rois, spatial_scale, pooled_height, pooled_wid
     return out, mapping
 
 
-_KERNELS = {"nms": reference_nms, "roi_align": reference_roi_align, "ps_roi_align": reference_ps_roi_align}
+def _c_round(v: float) -> int:
+    return int(math.floor(v + 0.5)) if v >= 0 else -int(math.floor(-v + 0.5))
+
+
+def reference_roi_pool(input, rois, spatial_scale, pooled_height, pooled_width):
+    """One bin at a time, in the input's float precision where torchvision computes in it."""
+    k, channels, height, width = rois.shape[0], input.shape[1], input.shape[2], input.shape[3]
+    out = input.new_zeros(k, channels, pooled_height, pooled_width)
+    argmax = torch.full(out.shape, -1, dtype=torch.int32)
+    for n, roi in enumerate(rois):
+        x1, y1, x2, y2 = (_c_round(float(v)) for v in roi[1:] * torch.tensor(spatial_scale, dtype=rois.dtype))
+        bin_h = torch.tensor(max(y2 - y1 + 1, 1), dtype=input.dtype) / pooled_height
+        bin_w = torch.tensor(max(x2 - x1 + 1, 1), dtype=input.dtype) / pooled_width
+        image = input[int(roi[0])]
+        for i in range(pooled_height):
+            h0 = min(max(int(torch.floor(i * bin_h)) + y1, 0), height)
+            h1 = min(max(int(torch.ceil((i + 1) * bin_h)) + y1, 0), height)
+            for j in range(pooled_width):
+                w0 = min(max(int(torch.floor(j * bin_w)) + x1, 0), width)
+                w1 = min(max(int(torch.ceil((j + 1) * bin_w)) + x1, 0), width)
+                if h1 <= h0 or w1 <= w0:
+                    continue
+                window = image[:, h0:h1, w0:w1].reshape(channels, -1)
+                best, at = window.max(dim=1)
+                out[n, :, i, j] = best
+                argmax[n, :, i, j] = ((h0 + at // (w1 - w0)) * width + w0 + at % (w1 - w0)).to(torch.int32)
+    return out, argmax
+
+
+_KERNELS = {"nms": reference_nms, "roi_align": reference_roi_align, "ps_roi_align": reference_ps_roi_align,
+            "roi_pool": reference_roi_pool}
 
 
 def _fake_nms(dets, scores, iou_threshold):
@@ -138,7 +175,13 @@ def _fake_ps_roi_align(input, rois, spatial_scale, pooled_height, pooled_width, 
     return input.new_empty(shape), input.new_empty(shape, dtype=torch.int32)
 
 
-_FAKES = {"nms": _fake_nms, "roi_align": _fake_roi_align, "ps_roi_align": _fake_ps_roi_align}
+def _fake_roi_pool(input, rois, spatial_scale, pooled_height, pooled_width):
+    shape = (rois.shape[0], input.shape[1], pooled_height, pooled_width)
+    return input.new_empty(shape), input.new_empty(shape, dtype=torch.int32)
+
+
+_FAKES = {"nms": _fake_nms, "roi_align": _fake_roi_align, "ps_roi_align": _fake_ps_roi_align,
+          "roi_pool": _fake_roi_pool}
 
 
 def defined(name: str) -> bool:
@@ -178,6 +221,13 @@ def roi_align(input, rois, output_size, spatial_scale: float = 1.0, sampling_rat
 def ps_roi_align(input, rois, output_size, spatial_scale: float = 1.0, sampling_ratio: int = -1):
     h, w = (output_size, output_size) if isinstance(output_size, int) else output_size
     return torch.ops.torchvision.ps_roi_align(input, rois, float(spatial_scale), h, w, int(sampling_ratio))[0]
+
+
+
+def roi_pool(input, rois, output_size, spatial_scale: float = 1.0):
+    """``torchvision.ops.roi_pool`` on [K,5] rois."""
+    h, w = (output_size, output_size) if isinstance(output_size, int) else output_size
+    return torch.ops.torchvision.roi_pool(input, rois, float(spatial_scale), h, w)[0]
 
 
 register()

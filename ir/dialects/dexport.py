@@ -322,6 +322,57 @@ def _roi_align_backward(ctx, grad):
 _roi_align_op.register_autograd(_roi_align_backward, setup_context=_roi_align_setup_context)
 
 
+def _round_half_away(x: torch.Tensor) -> torch.Tensor:
+    """C's round(): halves away from zero (torch.round rounds them to even)."""
+    return torch.sign(x) * torch.floor(x.abs() + 0.5)
+
+
+def _roi_pool_bins(start: torch.Tensor, roi_size: torch.Tensor, bins: int, limit: int, dtype):
+    """[K, bins] start / end (exclusive) of each quantised bin, clamped to [0, limit]."""
+    size = roi_size.to(dtype) / bins
+    index = torch.arange(bins, dtype=dtype, device=start.device)
+    lo = torch.floor(index[None] * size[:, None]).long() + start[:, None]
+    hi = torch.ceil((index[None] + 1) * size[:, None]).long() + start[:, None]
+    return lo.clamp(0, limit), hi.clamp(0, limit)
+
+
+@torch.library.custom_op(
+    "dexport::roi_pool",
+    mutates_args=(),
+    schema="(Tensor input, Tensor rois, float spatial_scale, int output_h, int output_w) -> Tensor",
+)
+def _roi_pool_op(input, rois, spatial_scale, output_h, output_w):
+    """Fast R-CNN RoIPool of [K,5] rois (batch index, x1, y1, x2, y2) -> [K,C,oh,ow]: roi
+    corners rounded to the feature grid (x2, y2 inclusive, at least one cell), each bin
+    [floor(i*size), ceil((i+1)*size)) of the roi max-pooled, an empty bin 0."""
+    _, channels, height, width = input.shape
+    k = rois.shape[0]
+    out = input.new_zeros(k, channels, output_h, output_w)
+    corners = _round_half_away(rois[:, 1:] * spatial_scale).long()
+    x1, y1, x2, y2 = corners.unbind(1)
+    h_lo, h_hi = _roi_pool_bins(y1, (y2 - y1 + 1).clamp(min=1), output_h, height, input.dtype)
+    w_lo, w_hi = _roi_pool_bins(x1, (x2 - x1 + 1).clamp(min=1), output_w, width, input.dtype)
+    rows = torch.arange(height, device=input.device)
+    cols = torch.arange(width, device=input.device)
+    in_h = (rows >= h_lo[..., None]) & (rows < h_hi[..., None])   # [K, oh, H]
+    in_w = (cols >= w_lo[..., None]) & (cols < w_hi[..., None])   # [K, ow, W]
+    empty = (h_hi <= h_lo)[:, :, None] | (w_hi <= w_lo)[:, None, :]
+    lowest = torch.finfo(input.dtype).min
+    step = max(1, _CHUNK_ELEMENTS // max(1, channels * height * width * max(output_h, output_w)))
+    for s in range(0, k, step):
+        part = slice(s, s + step)
+        features = input[rois[part, 0].long()]                                      # [k, C, H, W]
+        per_col = torch.where(in_w[part, None, None], features[:, :, :, None, :], lowest).amax(-1)  # [k,C,H,ow]
+        pooled = torch.where(in_h[part, None, :, :, None], per_col[:, :, None], lowest).amax(3)  # [k,C,oh,ow]
+        out[part] = torch.where(empty[part, None], torch.zeros((), dtype=input.dtype), pooled)
+    return out
+
+
+@_roi_pool_op.register_fake
+def _(input, rois, spatial_scale, output_h, output_w):
+    return input.new_empty(rois.shape[0], input.shape[1], output_h, output_w)
+
+
 # --------------------------------------------------------------------------- box coding
 
 
@@ -628,6 +679,7 @@ _TYPE_RULES = {
     "dexport::batched_nms": _kept_indices,
     "dexport::roi_align": _roi_align_type,
     "dexport::_roi_align_backward": _like_input(1),
+    "dexport::roi_pool": _roi_align_type,  # same (input, rois, _, output_h, output_w) layout
     "dexport::decode_boxes": _like_input(0),
     "dexport::encode_boxes": _encode_boxes_type,
     "dexport::clip_boxes": _like_input(0),

@@ -4,8 +4,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+import torch
+import torch.nn.functional as F
+
+import dexport
 from dexport.backends.coverage import coverage
 from dexport.cli import main
+from dexport.ir import UnsupportedOpsError
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -17,6 +23,29 @@ def test_classification():
     assert cov.counts()["decomposed"] > 0 and all(not op.startswith("aten::layer_norm") for op in cov.names("decomposed"))
     assert cov.ops["aten::convolution_backward"] == "missing"
     assert sum(cov.counts().values()) == len(cov.ops) > 200
+
+
+class LeakyRelu(torch.nn.Module):
+    def forward(self, x):
+        return F.leaky_relu(x, 0.1)
+
+
+class Acos(torch.nn.Module):
+    def forward(self, x):
+        return torch.acos(x)
+
+
+def test_decomposed_means_the_export_works(tmp_path):
+    """"decomposed" is verified, not just "a decomposition exists": acos has one, but it
+    ends in prims::acos, so it is missing, and the export indeed refuses it."""
+    cov = coverage("onnx")
+    assert cov.ops["aten::leaky_relu"] == "decomposed"
+    assert cov.ops["aten::acos"] == "missing" and "prims::acos" in cov.notes["aten::acos"]
+    x = torch.rand(2, 5) * 2 - 1
+    result = dexport.export(LeakyRelu(), (x,), tmp_path / "leaky", check_inputs=[(torch.randn(3, 4),)])
+    assert result.verification.ok
+    with pytest.raises(UnsupportedOpsError, match="aten::acos"):
+        dexport.export(Acos(), (x,), tmp_path / "acos")
 
 
 def test_cli_prints_the_table(capsys):

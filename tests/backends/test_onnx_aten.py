@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from dexport.backends.onnx import emit_onnx
-from dexport.ir.errors import UnsupportedOpsError
+from dexport.ir.errors import DexportError, UnsupportedOpsError
 from dexport.ir.parser import parse
 from tests.backends.onnx_util import capture_fn, check, compare
 
@@ -243,6 +243,22 @@ CASES = [
     ("upsample_bilinear", lambda x: F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
      + F.interpolate(x, size=(2 * x.size(2), 2 * x.size(3)), mode="bilinear", align_corners=True),
      (randn(1, 2, 3, 4),), [(randn(2, 1, 5, 3),)], ["aten::upsample_bilinear2d.vec"]),
+    # attention: the default scale is 1/sqrt(E) of the run-time E; other batch, heads, lengths
+    ("sdpa", lambda q, k, v: F.scaled_dot_product_attention(q, k, v),
+     (randn(1, 2, 3, 4), randn(1, 2, 5, 4), randn(1, 2, 5, 6)),
+     [(randn(2, 3, 4, 8), randn(2, 3, 7, 8), randn(2, 3, 7, 2))], ["aten::scaled_dot_product_attention"]),
+    ("sdpa_causal_scale", lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True)
+     + F.scaled_dot_product_attention(q, k, v, scale=0.3),
+     (randn(2, 4, 4), randn(2, 4, 4), randn(2, 4, 3)), [(randn(1, 6, 5), randn(1, 6, 5), randn(1, 6, 2))],
+     ["aten::scaled_dot_product_attention"]),
+    ("sdpa_masks", lambda q, k, v, keep, bias: F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
+     + F.scaled_dot_product_attention(q, k, v, attn_mask=bias),
+     (randn(1, 2, 3, 4), randn(1, 2, 5, 4), randn(1, 2, 5, 4), randn(3, 5) > -1, randn(1, 1, 3, 5)),
+     [(randn(2, 2, 4, 4), randn(2, 2, 6, 4), randn(2, 2, 6, 4), randn(4, 6) > -1, randn(2, 1, 4, 6))],
+     ["aten::scaled_dot_product_attention"]),
+    ("sdpa_grouped_query", lambda q, k, v: F.scaled_dot_product_attention(q, k, v, enable_gqa=True),
+     (randn(1, 4, 3, 4), randn(1, 2, 5, 4), randn(1, 2, 5, 4)),
+     [(randn(2, 6, 4, 4), randn(2, 2, 6, 4), randn(2, 2, 6, 4))], ["aten::scaled_dot_product_attention"]),
 ]
 
 
@@ -271,6 +287,13 @@ def test_grid_sample(mode, padding, align, opset):
     check(fn, (randn(1, 2, 5, 6), torch.rand(1, 4, 3, 2, generator=g) * 2.4 - 1.2),
           (randn(2, 2, 4, 7), torch.rand(2, 5, 1, 2, generator=g) * 2.4 - 1.2),
           ops=["aten::grid_sampler"], opset=opset, atol=1e-5)
+
+
+def test_sdpa_with_dropout_is_refused():
+    graph = capture_fn(lambda q: F.scaled_dot_product_attention(q, q, q, dropout_p=0.5), randn(1, 3, 4))
+    with pytest.raises(DexportError, match="dropout_p=0.5") as info:
+        emit_onnx(graph)
+    assert "dropout_p=0.0" in info.value.hint
 
 
 def test_bitwise_on_ints_needs_opset_18():

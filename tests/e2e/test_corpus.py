@@ -300,11 +300,7 @@ CORPUS = {
 # all are the emitter's list of ops without an ONNX lowering (UnsupportedOpsError).
 _NO_LOWERING = "op(s) have no ONNX lowering (opset 17): "
 EXPECTED_FAILURES: dict[str, str] = {
-    # SDPA's decomposition fails to trace: q/k/v dims the capture left unknown ("?")
-    # get unrelated symbols in the decomposition's trace.
-    "vit_encoder": "1 " + _NO_LOWERING + "aten::scaled_dot_product_attention",
-    "detr_head": "1 " + _NO_LOWERING + "aten::scaled_dot_product_attention",
-    "lstm_gru": "2 " + _NO_LOWERING + "aten::gru.input, aten::lstm.input",
+    # none today: every corpus model exports with parity
 }
 
 

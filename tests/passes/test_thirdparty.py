@@ -12,8 +12,10 @@ from dexport.passes.rewrite import Rewriter
 from dexport.passes.thirdparty import RECOGNISED_OPS, RULES
 from tests import thirdparty_ops as tv
 
+# At scales 0.5 and 0.25 some corners land on halves (roi_pool rounds them away from
+# zero); the last roi lies outside the image (roi_pool's bins are all empty there).
 ROIS = torch.tensor([[0, 1.0, 2.0, 9.5, 10.0], [1, 0.2, 0.3, 3.0, 2.0], [1, -2.0, -1.0, 20.0, 14.0],
-                     [0, 5.0, 5.0, 5.3, 5.2]])
+                     [0, 5.0, 5.0, 5.3, 5.2], [1, -30.0, -9.0, -20.0, -2.0]])
 
 
 def random_boxes(n: int, seed: int):
@@ -29,7 +31,9 @@ class Ops(torch.nn.Module):
         return (tv.nms(boxes, scores, 0.4),
                 tv.roi_align(x, rois, (3, 2), 0.5, 0, True),
                 tv.roi_align(x, rois, 2, 0.5, 2, False),
-                tv.ps_roi_align(x, rois, 2, 0.5, 2))
+                tv.ps_roi_align(x, rois, 2, 0.5, 2),
+                tv.roi_pool(x, rois, (3, 2), 0.5),
+                tv.roi_pool(x, rois, 4, 0.25))
 
 
 def inputs(seed: int, size=(12, 16)):
@@ -38,7 +42,7 @@ def inputs(seed: int, size=(12, 16)):
 
 
 def test_the_schemas_are_torchvisions():
-    for name in ("nms", "roi_align", "ps_roi_align"):
+    for name in ("nms", "roi_align", "ps_roi_align", "roi_pool"):
         assert f"torchvision::{name}" in RECOGNISED_OPS
         schema = getattr(torch.ops.torchvision, name).default._schema
         assert str(schema) == "torchvision::" + tv.SCHEMAS[name]
@@ -48,7 +52,7 @@ def test_capture_leaves_only_dexport_ops_with_the_same_results():
     graph = dexport.capture(Ops(), inputs(0))
     ops = {n.op for n in graph.nodes()}
     assert not any(op.startswith("torchvision::") for op in ops), ops
-    assert {"dexport::nms", "dexport::roi_align"} <= ops
+    assert {"dexport::nms", "dexport::roi_align", "dexport::roi_pool"} <= ops
     for seed, size in ((1, (12, 16)), (2, (20, 10))):  # other values and sizes than the capture's
         args = inputs(seed, size)
         with torch.no_grad():
@@ -74,6 +78,34 @@ def test_ps_roi_align_is_left_when_its_channel_mapping_is_used():
     assert rewriter.apply(graph) == 0
     assert [n.op for n in graph.nodes() if n.op.startswith("torchvision::")] == ["torchvision::ps_roi_align"]
     assert "channel mapping output is used" in rewriter.report()
+
+
+class RoiPoolWithArgmax(torch.nn.Module):
+    def forward(self, x, rois):
+        return torch.ops.torchvision.roi_pool(x, rois, 0.5, 2, 2)
+
+
+def test_roi_pool_is_left_when_its_argmax_is_used():
+    graph = dexport.capture(RoiPoolWithArgmax(), inputs(0)[:2])
+    rewriter = Rewriter(RULES, debug=True)
+    assert rewriter.apply(graph) == 0
+    assert [n.op for n in graph.nodes() if n.op.startswith("torchvision::")] == ["torchvision::roi_pool"]
+    assert "argmax output is used" in rewriter.report()
+
+
+def test_roi_pool_kernel_matches_the_reference():
+    """dexport's vectorised kernel against the bin-by-bin reference on many rois, halves
+    and rois past the borders included."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, 9, 11, generator=gen)
+    corner = torch.rand(16, 2, generator=gen) * 30 - 5
+    rois = torch.cat((torch.randint(0, 2, (16, 1), generator=gen).float(), corner,
+                      corner + torch.rand(16, 2, generator=gen) * 25), 1)
+    rois = torch.cat((rois, ROIS))
+    for scale in (1.0, 0.5, 0.25):
+        for size in ((3, 2), (2, 5)):
+            expected = tv.roi_pool(x, rois, size, scale)
+            assert torch.equal(torch.ops.dexport.roi_pool(x, rois, scale, *size), expected), (scale, size)
 
 
 def test_check_lists_no_torchvision_op(capsys):

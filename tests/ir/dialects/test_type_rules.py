@@ -26,6 +26,7 @@ EXAMPLES = {
     "dexport::roi_align": (torch.rand(1, 3, 16, 20), _rois(5), 0.5, 7, 6, 0, True),
     "dexport::_roi_align_backward": (torch.rand(5, 3, 7, 6), torch.rand(1, 3, 16, 20), _rois(5),
                                      0.5, 7, 6, 0, True),
+    "dexport::roi_pool": (torch.rand(1, 3, 16, 20), _rois(5), 0.5, 7, 6),
     "dexport::decode_boxes": (torch.randn(4, 8), _boxes(4), [1.0, 1.0, 1.0, 1.0], ops.DEFAULT_SCALE_CLAMP),
     "dexport::encode_boxes": (_boxes(4, 1), _boxes(4), [10.0, 10.0, 5.0, 5.0]),
     "dexport::clip_boxes": (_boxes(4) * 2, torch.tensor([30, 40])),
