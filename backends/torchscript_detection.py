@@ -33,7 +33,7 @@ per memory chunk; none per box).
 """
 
 # The names pasted code may use (besides torch); Callable only types the tables below.
-import math  # noqa: F401
+import math
 from typing import Callable, List, Optional, Tuple  # noqa: F401
 
 import torch
@@ -216,6 +216,43 @@ def dexport_roi_align(
 
 
 # --------------------------------------------------------------------------- box coding
+
+
+def dexport_roi_pool_bins(
+    start: torch.Tensor, roi_size: torch.Tensor, bins: int, limit: int, dtype: torch.dtype
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    size = roi_size.to(dtype) / bins
+    index = torch.arange(bins, dtype=dtype, device=start.device)
+    lo = torch.floor(index[None] * size[:, None]).long() + start[:, None]
+    hi = torch.ceil((index[None] + 1) * size[:, None]).long() + start[:, None]
+    return lo.clamp(0, limit), hi.clamp(0, limit)
+
+
+def dexport_roi_pool(
+    input: torch.Tensor, rois: torch.Tensor, spatial_scale: float, output_h: int, output_w: int
+) -> torch.Tensor:
+    channels, height, width = input.shape[1], input.shape[2], input.shape[3]
+    k = rois.shape[0]
+    out = input.new_zeros([k, channels, output_h, output_w])
+    scaled = rois[:, 1:] * spatial_scale
+    corners = (torch.sign(scaled) * torch.floor(scaled.abs() + 0.5)).long()  # C's round()
+    x1, y1, x2, y2 = corners[:, 0], corners[:, 1], corners[:, 2], corners[:, 3]
+    h_lo, h_hi = dexport_roi_pool_bins(y1, (y2 - y1 + 1).clamp(min=1), output_h, height, input.dtype)
+    w_lo, w_hi = dexport_roi_pool_bins(x1, (x2 - x1 + 1).clamp(min=1), output_w, width, input.dtype)
+    rows = torch.arange(height, device=input.device)
+    cols = torch.arange(width, device=input.device)
+    in_h = (rows >= h_lo[..., None]) & (rows < h_hi[..., None])
+    in_w = (cols >= w_lo[..., None]) & (cols < w_hi[..., None])
+    empty = (h_hi <= h_lo)[:, :, None] | (w_hi <= w_lo)[:, None, :]
+    lowest = -math.inf
+    step = max(1, 16777216 // max(1, channels * height * width * max(output_h, output_w)))
+    zero = torch.zeros([], dtype=input.dtype, device=input.device)
+    for s in range(0, k, step):
+        features = input[rois[s:s + step, 0].long()]
+        per_col = torch.where(in_w[s:s + step, None, None], features[:, :, :, None, :], lowest).amax(-1)
+        pooled = torch.where(in_h[s:s + step, None, :, :, None], per_col[:, :, None], lowest).amax(3)
+        out[s:s + step] = torch.where(empty[s:s + step, None], zero, pooled)
+    return out
 
 
 def dexport_decode_boxes(
@@ -410,6 +447,7 @@ HELPERS: list[Callable] = [
     dexport_box_overlaps,
     dexport_box_suppresses,
     dexport_greedy_nms,
+    dexport_roi_pool_bins,
     dexport_bilinear_weights,
     dexport_resize_weights,
 ]
@@ -419,6 +457,7 @@ FUNCTIONS: dict[str, Callable] = {
     "dexport::nms": dexport_nms,
     "dexport::batched_nms": dexport_batched_nms,
     "dexport::roi_align": dexport_roi_align,
+    "dexport::roi_pool": dexport_roi_pool,
     "dexport::decode_boxes": dexport_decode_boxes,
     "dexport::encode_boxes": dexport_encode_boxes,
     "dexport::clip_boxes": dexport_clip_boxes,

@@ -357,7 +357,7 @@ def _roi_pool_op(input, rois, spatial_scale, output_h, output_w):
     in_h = (rows >= h_lo[..., None]) & (rows < h_hi[..., None])   # [K, oh, H]
     in_w = (cols >= w_lo[..., None]) & (cols < w_hi[..., None])   # [K, ow, W]
     empty = (h_hi <= h_lo)[:, :, None] | (w_hi <= w_lo)[:, None, :]
-    lowest = torch.finfo(input.dtype).min
+    lowest = -math.inf  # fills cells outside a bin: the max of a bin is its own (-inf included)
     step = max(1, _CHUNK_ELEMENTS // max(1, channels * height * width * max(output_h, output_w)))
     for s in range(0, k, step):
         part = slice(s, s + step)

@@ -130,6 +130,18 @@ def test_roi_align_matches_the_kernel(aligned, sampling_ratio):
         _assert_same("dexport::roi_align", x.double(), rois, 0.5, 3, 4, sampling_ratio, aligned)
 
 
+def test_roi_pool_matches_the_kernel():
+    for seed in (4, 5):
+        gen = torch.Generator().manual_seed(seed)
+        for batch, channels, height, width, k, scale in [(2, 3, 13, 17, 40, 0.25), (1, 4, 25, 9, 9, 0.5),
+                                                         (3, 2, 6, 6, 0, 0.25), (1, 2, 1, 7, 8, 1.0)]:
+            x = torch.randn(batch, channels, height, width, generator=gen)
+            rois = _rois(k, batch, gen, span=4 * max(height, width))
+            rois[: k // 2, 1:] = torch.round(rois[: k // 2, 1:] * 2) / 2 / scale  # corners on halves
+            _assert_same("dexport::roi_pool", x, rois, scale, 7, 5)
+        _assert_same("dexport::roi_pool", x.double(), rois, 0.5, 3, 4)
+
+
 # --------------------------------------------------------------------------- box coding
 
 
