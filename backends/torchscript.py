@@ -1,0 +1,290 @@
+"""The TorchScript backend: IR graph -> Python source -> ``torch.jit.script`` ->
+``model.pt``, which plain ``torch.jit.load`` runs (no dexport, torchvision or
+detectron2 needed).
+
+The artifact holds ``model.pt`` (the scripted module with its parameters as buffers)
+and ``model.py``, the generated source it was compiled from, for reading (see
+``dexport.backends.torchscript_emit`` for its form). ``forward`` takes the graph's
+flat tensor inputs, named as the manifest names them (detectors: ``images``,
+``image_sizes``, ``output_sizes``), and returns a ``Dict[str, Tensor]`` keyed by the
+manifest's output names, in manifest order.
+
+Lowerings: aten ops are called generically (``torch.ops.aten.<name>(...)``; ``supports``
+accepts any functional aten op torch has), prim ops and ``dexport::*`` ops have entries
+in ``LOWERINGS`` (``dexport.backends.torchscript_lowerings``), the latter calling the
+TorchScript functions of ``dexport.backends.torchscript_detection``. Every saved model
+is loaded again in a fresh ``python -I`` that imports only torch, which checks that no
+``dexport::`` op is left in any of its graphs.
+
+``model.pt`` is byte-identical across exports of the same model: ``torch.jit.save``
+writes a random ``.data/serialization_id`` and ``*.debug_pkl`` source ranges that name
+the temporary path of ``model.py``; the archive is rewritten with the id derived from
+its contents and without the debug records (error messages from the loaded model
+then point into its own serialized code, ``code/__torch__/...``, not into ``model.py``).
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import io
+import json
+import subprocess
+import sys
+import tempfile
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from dexport.backends.base import Backend, Emission, Intermediates, LoweringTable, TensorIO, register_backend
+from dexport.backends.torchscript_emit import aten_schema, check_overloads, emit_source, identifier
+from dexport.ir.errors import DexportError, UnsupportedOpsError
+from dexport.ir.graph import Graph, Value
+from dexport.ir.types import ScalarType, TensorType
+
+# prim and dexport lowerings; aten ops without an entry are emitted generically.
+LOWERINGS = LoweringTable("torchscript", modules=("dexport.backends.torchscript_lowerings",))
+lowering = LOWERINGS.register
+
+MODEL_FILE, SOURCE_FILE = "model.pt", "model.py"
+# The generated module's name, so its classes have the same qualified name in every export.
+MODULE_NAME = "dexport_torchscript_model"
+
+
+def supports(op: str) -> bool:
+    """An op with a table entry, or a functional aten op torch has (in-place and out=
+    forms are refused: ``functionalize`` has removed them before emission)."""
+    if op in LOWERINGS:
+        return True
+    if not op.startswith("aten::"):
+        return False
+    schema = aten_schema(op)
+    return schema is not None and not any(a.alias_info is not None and a.alias_info.is_write
+                                          for a in schema.arguments)
+
+
+# --------------------------------------------------------------------------- emission
+
+def _io_identifiers(values: Sequence[Value], given: Sequence[str] | None, kind: str) -> list[str]:
+    """Safe, unique identifiers for the graph's inputs or outputs: the given names (or
+    the inputs' name hints), sanitised."""
+    if given is not None and len(given) != len(values):
+        raise DexportError(f"{len(given)} {kind} names for {len(values)} graph {kind}s",
+                           hint=f"pass one name per flattened {kind}")
+    names: list[str] = []
+    for k, value in enumerate(values):
+        base = given[k] if given is not None else (value.name_hint if kind == "input" else None)
+        name = identifier(base, kind) if base else f"{kind}{k}"
+        while name in names:
+            name = f"{name}_{k}"
+        names.append(name)
+    return names
+
+
+def _declared_dims(typ, name: str, static_ok: bool) -> list:
+    """Dims as the manifest records them: a symbol where the IR has one, a number only
+    where proven (not observed on example inputs), else a per-tensor symbol."""
+    if not isinstance(typ, TensorType) or typ.shape is None:
+        return []
+    return [d if (isinstance(d, str) and d != "?") or (isinstance(d, int) and static_ok) else f"{name}_dim{k}"
+            for k, d in enumerate(typ.shape)]
+
+
+def _io(value: Value, name: str, static_ok: bool) -> TensorIO:
+    typ = value.type
+    if isinstance(typ, TensorType) and typ.dtype is not None:
+        return TensorIO(name, _declared_dims(typ, name, static_ok), str(typ.dtype).removeprefix("torch."))
+    if isinstance(typ, ScalarType) and typ.kind in ("int", "float", "bool"):
+        return TensorIO(name, [], {"int": "int64", "float": "float64", "bool": "bool"}[typ.kind])
+    raise DexportError(f"graph input/output {name!r} of type {typ} cannot be a TorchScript model's tensor",
+                       hint="graph inputs/outputs are tensors with a known dtype: flatten structured values "
+                            "with the graph's schemas and capture with example inputs")
+
+
+def _unsupported(missing) -> UnsupportedOpsError:
+    lines = []
+    for op, count, where in missing:
+        lines.append(f"{op}  x{count}")
+        for scope, source in where[:3]:
+            lines.append(f"    {scope or '<top level>'}" + (f" @ {source}" if source else ""))
+    return UnsupportedOpsError(
+        f"{len(missing)} op(s) have no TorchScript lowering: {', '.join(op for op, _, _ in missing)}",
+        context="\n".join(lines),
+        hint="the 'decompose' pass rewrites ops torch can decompose; for the others, replace the op in the "
+             "model or register a lowering with @dexport.backends.torchscript.lowering('<op>')")
+
+
+def script_source(source: str, buffers: dict[str, torch.Tensor]):
+    """``torch.jit.script`` of the generated module: the source is written to a real
+    file (TorchScript reads a function's source through ``inspect``) and imported
+    from there."""
+    with tempfile.TemporaryDirectory(prefix="dexport-torchscript-") as tmp:
+        path = Path(tmp) / SOURCE_FILE
+        path.write_text(source, encoding="utf-8")
+        spec = importlib.util.spec_from_file_location(MODULE_NAME, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        with warnings.catch_warnings():
+            # torch 2.13 deprecates torch.jit.script; the warning is about torch, not the user's model.
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated")
+            try:
+                return torch.jit.script(module.Model(buffers))
+            except Exception as err:  # TorchScript's frontend raises several error types
+                raise DexportError(f"torch.jit.script rejected the generated source: {err}",
+                                   hint="this is a bug in a TorchScript lowering; the message quotes the "
+                                        "generated model.py line (export with the same model to read it)") from None
+
+
+def save_bytes(scripted) -> bytes:
+    """``torch.jit.save`` made deterministic (see the module doc): the archive without
+    its ``.debug_pkl`` records, its serialization id the digest of the rest."""
+    buf = io.BytesIO()
+    torch.jit.save(scripted, buf)
+    src = zipfile.ZipFile(io.BytesIO(buf.getvalue()))
+    entries = [(i.filename, src.read(i)) for i in src.infolist() if not i.filename.endswith(".debug_pkl")]
+    digest = hashlib.sha256()
+    for name, data in entries:
+        if not name.endswith(".data/serialization_id"):
+            digest.update(name.encode() + b"\0" + data)
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as archive:
+        for name, data in entries:
+            if name.endswith(".data/serialization_id"):
+                data = str(int(digest.hexdigest(), 16))[:len(data) or 40].encode()
+            archive.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data)
+    return out.getvalue()
+
+
+# Run by ``python -I``: loads the model with torch alone and lists the dexport ops left in it.
+_CHECK_SCRIPT = r"""
+import json, sys, torch
+m = torch.jit.load(sys.argv[1])
+left = set()
+def walk(block):
+    for node in block.nodes():
+        if node.kind().startswith("dexport::"):
+            left.add(node.kind())
+        for inner in node.blocks():
+            walk(inner)
+for name in m._c._method_names():
+    walk(getattr(m, name).inlined_graph)
+print(json.dumps({"left": sorted(left), "others": sorted(k for k in sys.modules if k.split(".")[0] in
+                  ("dexport", "torchvision", "detectron2"))}))
+"""
+
+
+def check_standalone(model_bytes: bytes) -> None:
+    """Load ``model_bytes`` in a fresh ``python -I`` that imports only torch; a load
+    failure or a ``dexport::`` op left in any method's graph is a DexportError."""
+    with tempfile.TemporaryDirectory(prefix="dexport-torchscript-check-") as tmp:
+        path = Path(tmp) / MODEL_FILE
+        path.write_bytes(model_bytes)
+        proc = subprocess.run([sys.executable, "-I", "-c", _CHECK_SCRIPT, str(path)], capture_output=True,
+                              text=True, cwd=tmp, timeout=300)
+    if proc.returncode != 0:
+        raise DexportError(f"the saved TorchScript model does not load with torch alone: "
+                           f"{proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}",
+                           hint="this is a bug in the TorchScript backend")
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    if report["left"]:
+        raise DexportError(f"the saved TorchScript model still calls {', '.join(report['left'])}, which plain "
+                           f"torch cannot run", op=report["left"][0],
+                           hint="give the op a TorchScript implementation in "
+                                "dexport.backends.torchscript_detection (FUNCTIONS)")
+
+
+def _detection():
+    from dexport.backends.torchscript_detection import FUNCTIONS, HELPERS
+    return FUNCTIONS, HELPERS
+
+
+def build_module(graph: Graph, input_names: Sequence[str], output_names: Sequence[str],
+                 expose: Sequence[Value] = ()):
+    """(source, scripted module) for ``graph`` (see ``emit_source``)."""
+    missing = TORCHSCRIPT.check_support(graph)
+    if missing:
+        raise _unsupported(missing)
+    functions, helpers = _detection()
+    source, buffers, _ = emit_source(graph, table=LOWERINGS, functions=functions, helpers=helpers,
+                                     input_names=input_names, output_names=output_names, expose=expose)
+    scripted = script_source(source, buffers)
+    check_overloads(graph, scripted)
+    return source, scripted
+
+
+# --------------------------------------------------------------------------- running
+
+class TorchScriptRunner:
+    """A saved TorchScript model, loaded with ``torch.jit.load``: flat tensors in, the
+    output dict's values in manifest order out. ``threads`` sets torch's intra-op
+    thread count for the duration of each call only (``torch.set_num_threads`` is
+    process-wide, so the previous count is restored after the call)."""
+
+    def __init__(self, model_bytes: bytes, output_names: Sequence[str], *, threads: int | None = None):
+        self.module = torch.jit.load(io.BytesIO(model_bytes), map_location="cpu")
+        self.output_names = list(output_names)
+        self.threads = threads
+
+    def run_flat(self, flat_inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        previous = torch.get_num_threads()
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        try:
+            with torch.no_grad():
+                out = self.module(*[torch.as_tensor(x) for x in flat_inputs])
+        finally:
+            if self.threads:
+                torch.set_num_threads(previous)
+        return [out[name] for name in self.output_names]
+
+
+class TorchScriptBackend(Backend):
+    """TorchScript (``model.pt`` + its source ``model.py``) run by ``torch.jit.load``."""
+    name = "torchscript"
+    label = "TorchScript"
+    runtime = "torch.jit"
+    decompose_target = "torchscript"  # TorchScript runs nearly every aten op: decompose rewrites only the rest
+    table = LOWERINGS
+
+    def supports(self, op: str) -> bool:
+        return supports(op)
+
+    def emit(self, graph: Graph, *, input_names=None, output_names=None, options) -> Emission:
+        self.resolve_options(options)
+        ins = _io_identifiers(graph.inputs, input_names, "input")
+        outs = _io_identifiers(graph.outputs, output_names, "output")
+        source, scripted = build_module(graph, ins, outs)
+        model_bytes = save_bytes(scripted)
+        check_standalone(model_bytes)
+        static_ok = not graph.example_shapes
+        return Emission({MODEL_FILE: model_bytes, SOURCE_FILE: source.encode("utf-8")}, MODEL_FILE,
+                        [_io(v, n, static_ok) for v, n in zip(graph.inputs, ins)],
+                        [_io(v, n, static_ok) for v, n in zip(graph.outputs, outs)])
+
+    def load(self, read, manifest, *, threads=None):
+        return TorchScriptRunner(read(manifest["model_file"]), [o["name"] for o in manifest["outputs"]],
+                                 threads=threads)
+
+    def describe(self, read, manifest) -> dict:
+        module = torch.jit.load(io.BytesIO(read(manifest["model_file"])), map_location="cpu")
+        return {"nodes": sum(1 for _ in module.forward.inlined_graph.nodes())}
+
+    def run_intermediates(self, graph: Graph, flat_inputs, options) -> Intermediates:
+        exposed = [v for node in graph.block.nodes for v in node.outputs
+                   if isinstance(v.type, TensorType) or (isinstance(v.type, ScalarType)
+                                                         and v.type.kind in ("int", "float", "bool"))]
+        ins = _io_identifiers(graph.inputs, None, "input")
+        outs = _io_identifiers(graph.outputs, None, "output")
+        _, scripted = build_module(graph, ins, outs, expose=exposed)
+        with torch.no_grad():
+            result = scripted(*[torch.as_tensor(x) for x in flat_inputs])
+        keys = [f"__v{k}" for k in range(len(exposed))]
+        return Intermediates(dict(zip(exposed, keys)), {v: result[k] for v, k in zip(exposed, keys)})
+
+
+TORCHSCRIPT = register_backend(TorchScriptBackend())
+
+__all__ = ["LOWERINGS", "TORCHSCRIPT", "TorchScriptBackend", "TorchScriptRunner", "build_module",
+           "check_standalone", "lowering", "save_bytes", "script_source", "supports"]
