@@ -24,6 +24,7 @@ then point into its own serialized code, ``code/__torch__/...``, not into ``mode
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import io
@@ -94,12 +95,13 @@ def _declared_dims(typ, name: str, static_ok: bool) -> list:
 
 def _io(value: Value, name: str, static_ok: bool) -> TensorIO:
     typ = value.type
-    if isinstance(typ, TensorType) and typ.dtype is not None:
-        return TensorIO(name, _declared_dims(typ, name, static_ok), str(typ.dtype).removeprefix("torch."))
+    if isinstance(typ, TensorType):  # the dtype is left out where the IR does not know it (If/Loop results)
+        dtype = str(typ.dtype).removeprefix("torch.") if typ.dtype is not None else None
+        return TensorIO(name, _declared_dims(typ, name, static_ok), dtype)
     if isinstance(typ, ScalarType) and typ.kind in ("int", "float", "bool"):
         return TensorIO(name, [], {"int": "int64", "float": "float64", "bool": "bool"}[typ.kind])
     raise DexportError(f"graph input/output {name!r} of type {typ} cannot be a TorchScript model's tensor",
-                       hint="graph inputs/outputs are tensors with a known dtype: flatten structured values "
+                       hint="graph inputs/outputs are tensors or numbers: flatten structured values "
                             "with the graph's schemas and capture with example inputs")
 
 
@@ -116,6 +118,15 @@ def _unsupported(missing) -> UnsupportedOpsError:
              "model or register a lowering with @dexport.backends.torchscript.lowering('<op>')")
 
 
+@contextlib.contextmanager
+def quiet_jit():
+    """torch 2.13 deprecates torch.jit.script / save / load; the warning is about torch,
+    not the user's model, so it is silenced around this backend's own calls only."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated")
+        yield
+
+
 def script_source(source: str, buffers: dict[str, torch.Tensor]):
     """``torch.jit.script`` of the generated module: the source is written to a real
     file (TorchScript reads a function's source through ``inspect``) and imported
@@ -126,9 +137,7 @@ def script_source(source: str, buffers: dict[str, torch.Tensor]):
         spec = importlib.util.spec_from_file_location(MODULE_NAME, path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        with warnings.catch_warnings():
-            # torch 2.13 deprecates torch.jit.script; the warning is about torch, not the user's model.
-            warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated")
+        with quiet_jit():
             try:
                 return torch.jit.script(module.Model(buffers))
             except Exception as err:  # TorchScript's frontend raises several error types
@@ -141,7 +150,8 @@ def save_bytes(scripted) -> bytes:
     """``torch.jit.save`` made deterministic (see the module doc): the archive without
     its ``.debug_pkl`` records, its serialization id the digest of the rest."""
     buf = io.BytesIO()
-    torch.jit.save(scripted, buf)
+    with quiet_jit():
+        torch.jit.save(scripted, buf)
     src = zipfile.ZipFile(io.BytesIO(buf.getvalue()))
     entries = [(i.filename, src.read(i)) for i in src.infolist() if not i.filename.endswith(".debug_pkl")]
     digest = hashlib.sha256()
@@ -223,7 +233,8 @@ class TorchScriptRunner:
     process-wide, so the previous count is restored after the call)."""
 
     def __init__(self, model_bytes: bytes, output_names: Sequence[str], *, threads: int | None = None):
-        self.module = torch.jit.load(io.BytesIO(model_bytes), map_location="cpu")
+        with quiet_jit():
+            self.module = torch.jit.load(io.BytesIO(model_bytes), map_location="cpu")
         self.output_names = list(output_names)
         self.threads = threads
 
@@ -268,7 +279,8 @@ class TorchScriptBackend(Backend):
                                  threads=threads)
 
     def describe(self, read, manifest) -> dict:
-        module = torch.jit.load(io.BytesIO(read(manifest["model_file"])), map_location="cpu")
+        with quiet_jit():
+            module = torch.jit.load(io.BytesIO(read(manifest["model_file"])), map_location="cpu")
         return {"nodes": sum(1 for _ in module.forward.inlined_graph.nodes())}
 
     def run_intermediates(self, graph: Graph, flat_inputs, options) -> Intermediates:

@@ -1,0 +1,265 @@
+"""The TorchScript backend: every tiny zoo detector and ordinary models export to a
+``model.pt`` that plain torch runs (a fresh process importing only torch), matching
+eager on inputs not used for capture; the generated source is deterministic, safe
+against hostile module names, and its aten calls resolve to the IR's overloads."""
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import dexport
+from dexport.backends.base import get_backend
+from dexport.backends.torchscript import (LOWERINGS, TorchScriptRunner, build_module, check_standalone,
+                                          save_bytes, supports)
+from dexport.backends.torchscript_emit import comment_text, identifier
+from dexport.cli import main, sample_images
+from dexport.driver import default_pipeline
+from dexport.ir.dialects.detection_io import stack_inputs
+from dexport.ir.errors import DexportError
+from dexport.loader import LoadedModel
+from dexport.models import zoo
+from dexport.passes import PassManager
+from dexport.verification import verify
+from tests.backends import ts_models
+
+TINY = [n for n in zoo.names() if n.endswith("_tiny")]
+DETECTION_INPUTS = ["images", "image_sizes", "output_sizes"]
+# Held-out inputs: batch 1, 2 and 3 at three resolutions none of which was captured.
+HELD_OUT = [(1, 96, 11), (2, 80, 12), (3, 112, 13)]
+
+
+def scripted_detector(name: str):
+    """A tiny zoo detector captured once through ``forward_batched`` at batch 2 (64 px),
+    run through the TorchScript pipeline and scripted; loaded back as ``dexport.load``
+    would (so ``verify`` compares it with eager image by image)."""
+    model = zoo.get(name).eval()
+    with torch.no_grad():
+        graph = dexport.capture(model, tuple(stack_inputs(sample_images(2, 64, seed=0), "cpu")[:3]),
+                                inference_func=lambda m, *args: m.forward_batched(*args))
+    PassManager(default_pipeline("torchscript")).run(graph)
+    outputs = list(graph.output_schema.keys)
+    _, scripted = build_module(graph, DETECTION_INPUTS, outputs)
+    manifest = {"inputs": [{"name": n} for n in DETECTION_INPUTS], "io": "detection",
+                "input_schema": graph.input_schema.to_json(), "output_schema": graph.output_schema.to_json()}
+    return model, LoadedModel(TorchScriptRunner(save_bytes(scripted), outputs), manifest)
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_tiny_zoo_detector_matches_eager_at_batches_1_2_3_and_other_resolutions(name):
+    model, loaded = scripted_detector(name)
+    report = verify(model, loaded, [(sample_images(n, size, seed=seed),) for n, size, seed in HELD_OUT])
+    assert report.ok, report.to_dict()
+
+
+# --------------------------------------------------------------------------- a full export
+
+@pytest.fixture(scope="module")
+def mask_artifact(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ts") / "mask_rcnn"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch.jit.script's deprecation warning must not reach users
+        assert main(["export", "--model", "zoo:mask_rcnn_tiny", "--format", "torchscript", "--output", str(out),
+                     "--size", "64"]) == 0
+    return out
+
+
+def test_artifact_holds_model_pt_its_source_and_the_manifest(mask_artifact):
+    manifest = json.loads((mask_artifact / "manifest.json").read_text())
+    assert sorted(p.name for p in mask_artifact.iterdir()) == ["manifest.json", "model.py", "model.pt"]
+    assert manifest["format"] == "torchscript" and manifest["model_file"] == "model.pt"
+    assert set(manifest["files"]) == {"model.pt", "model.py"}
+    assert manifest["pipeline"].endswith("decompose{target=torchscript},dce")
+    assert [i["name"] for i in manifest["inputs"]] == DETECTION_INPUTS
+    assert [o["name"] for o in manifest["outputs"]] == ["boxes", "scores", "classes", "masks", "counts"]
+    assert manifest["inputs"][0]["shape"][0] == "N" and manifest["verification"]["ok"]
+    source = (mask_artifact / "model.py").read_text()
+    assert "def forward(self, images: Tensor, image_sizes: Tensor, output_sizes: Tensor) -> Dict[str, Tensor]:" \
+        in source
+    assert "import dexport" not in source and "# roi_heads.mask_pooler @ " in source
+    assert "torch.ops.aten.add.Tensor" not in source  # overload packets only
+    ast.parse(source)
+
+
+def test_dexport_load_verify_and_bench_take_the_artifact(mask_artifact, tmp_path):
+    model = zoo.get("mask_rcnn_tiny")
+    loaded = dexport.load(mask_artifact)
+    assert isinstance(loaded.runner, TorchScriptRunner)
+    assert verify(model, loaded, [(sample_images(3, 72, seed=21),)]).ok
+    assert main(["verify", str(mask_artifact), "--images", "2", "--sizes", "88", "--batch", "1,2"]) == 0
+    assert main(["bench", "--model", "zoo:mask_rcnn_tiny", "--artifact", str(mask_artifact), "--size", "64",
+                 "--runs", "1", "--warmup", "0", "--json", str(tmp_path / "bench.json")]) == 0
+
+
+def test_a_fresh_process_with_only_torch_runs_model_pt_like_eager(mask_artifact, tmp_path):
+    model = zoo.get("mask_rcnn_tiny")
+    inputs = stack_inputs(sample_images(2, 100, seed=5), "cpu")[:3]
+    with torch.no_grad():
+        expected = model.forward_batched(*inputs)
+    torch.save({"inputs": list(inputs), "expected": dict(expected)}, tmp_path / "io.pt")
+    script = """
+import sys, torch
+m = torch.jit.load(sys.argv[1])
+io = torch.load(sys.argv[2])
+out = m(*io["inputs"])
+assert list(out) == list(io["expected"]), (list(out), list(io["expected"]))
+for k, v in io["expected"].items():
+    torch.testing.assert_close(out[k], v, rtol=1e-4, atol=1e-4)
+for name in ("dexport", "torchvision", "detectron2"):
+    assert not any(m == name or m.startswith(name + ".") for m in sys.modules), name
+print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-I", "-c", script, str(mask_artifact / "model.pt"),
+                           str(tmp_path / "io.pt")], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_bisect_runs_on_a_torchscript_artifact(mask_artifact):
+    assert get_backend("torchscript").can_bisect
+    assert main(["verify", str(mask_artifact), "--bisect", "--images", "1"]) == 0
+
+
+# --------------------------------------------------------------------------- ordinary models
+
+@pytest.mark.parametrize("factory", ["small_cnn", "structured"])
+def test_ordinary_models_export_and_match_eager(factory, tmp_path):
+    model, example, checks = getattr(ts_models, factory)()
+    result = dexport.export(model, example, tmp_path / factory, format="torchscript", check_inputs=checks)
+    assert result.verification.ok
+    loaded = dexport.load(tmp_path / factory)
+    (other,) = getattr(ts_models, factory)()[2]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(*other), model(*other), rtol=1e-5, atol=1e-5)
+
+
+def test_emission_is_byte_identical_across_processes(tmp_path):
+    """Two exports of the same model, each in its own process, give the same bytes."""
+    digests = []
+    for k in range(2):
+        out = tmp_path / f"a{k}"
+        proc = subprocess.run([sys.executable, "-m", "dexport", "export", "--model", "tests.backends.ts_models:small_cnn",
+                               "--format", "torchscript", "--output", str(out)], capture_output=True, text=True,
+                              timeout=300, cwd=str(__import__("pathlib").Path(__file__).parents[2]))
+        assert proc.returncode == 0, proc.stderr
+        digests.append(((out / "model.pt").read_bytes(), (out / "model.py").read_bytes()))
+    assert digests[0] == digests[1]
+
+
+# --------------------------------------------------------------------------- hostile names
+
+HOSTILE = "x'\n__import__('os').system('touch PWNED')\n#"
+
+
+class Hostile(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.add_module(HOSTILE, nn.Conv2d(3, 4, 3))
+        self._modules["class"] = nn.Conv2d(4, 4, 1)
+        self._modules["0abc\"; import os"] = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        y = self._modules[HOSTILE](x)
+        y = self._modules["class"](y)
+        return {"out'\nput": self._modules["0abc\"; import os"](y).relu()}
+
+
+def test_hostile_module_names_export_safely(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    model = Hostile().eval()
+    result = dexport.export(model, (torch.randn(1, 3, 12, 12),), tmp_path / "h", format="torchscript",
+                            check_inputs=[(torch.randn(2, 3, 17, 15),)])
+    assert result.verification.ok
+    source = (tmp_path / "h" / "model.py").read_text()
+    code = [line for line in source.splitlines() if not line.strip().startswith("#")]
+    assert not any("__import__" in line or "system" in line or "PWNED" in line for line in code)
+    tree = ast.parse(source)
+    names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    assert "__import__" not in names and "os" not in names
+    other = torch.randn(1, 3, 20, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(dexport.load(tmp_path / "h")(other), model(other))
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_identifiers_and_comments_are_sanitised():
+    assert identifier("backbone.res2.0") == "backbone_res2_0"
+    assert identifier("0conv") == "v_0conv" and identifier("class") == "class_" and identifier("list") == "list_"
+    assert identifier("self") == "self_" and identifier("x'\n__import__('os')") == "x_import_os"
+    assert identifier("") == "v" and identifier("äö") == "v"
+    assert comment_text("a\nb\rc\x00d\u2028e") == "a b c d e"
+
+
+# --------------------------------------------------------------------------- lowerings and checks
+
+def test_supports_reads_the_table_and_torchs_functional_aten_ops():
+    assert supports("aten::add.Tensor") and supports("aten::_convolution") and supports("aten::batch_norm")
+    assert supports("prim::If") and supports("prim::Loop") and supports("dexport::roi_align")
+    assert not supports("aten::add_.Tensor") and not supports("aten::add.out")
+    assert not supports("aten::no_such_op") and not supports("mylib::thing")
+    assert "prim::ListConstruct" in LOWERINGS
+
+
+def test_an_overload_torchscript_resolves_differently_is_an_error(monkeypatch):
+    """Without the keyword, ``torch.ops.aten.div(a, b)`` is div.Tensor, not the IR's div.Tensor_mode."""
+    from dexport.ir import parse
+    graph = parse('graph(%a: f32[2], %b: f32[2]) {\n'
+                  '  %m: str = prim::Constant() {value="floor"}\n'
+                  '  %y: f32[2] = aten::div.Tensor_mode(%a, %b, %m)\n'
+                  '  return (%y)\n}')
+    _, scripted = build_module(graph, ["a", "b"], ["y"])  # the keyword is passed: fine
+    assert torch.equal(scripted(torch.tensor([7.0, -7.0]), torch.tensor([2.0, 2.0]))["y"],
+                       torch.tensor([3.0, -4.0]))
+
+    def positional(ctx, node):
+        return f"torch.ops.aten.div({ctx.expr(node.inputs[0])}, {ctx.expr(node.inputs[1])})"
+    monkeypatch.setitem(LOWERINGS.entries, "aten::div.Tensor_mode", positional)
+    with pytest.raises(DexportError, match="aten::div.Tensor_mode"):
+        build_module(graph, ["a", "b"], ["y"])
+
+
+def test_scripted_control_flow_becomes_if_and_loops(tmp_path):
+    """prim::If / prim::Loop (scripted code inside a trace) are emitted as Python control flow."""
+    from dexport.ir import parse
+    graph = parse('graph(%x: f32[3], %n: i64[]) {\n'
+                  '  %k: int = aten::Int.Tensor(%n)\n'
+                  '  %t: bool = prim::Constant() {value=True}\n'
+                  '  %zero: int = prim::Constant() {value=0}\n'
+                  '  %y: f32[3] = prim::Loop(%k, %t, %x) {\n'
+                  '    ^body(%i: int, %acc: f32[3]):\n'
+                  '      %one: int = prim::Constant() {value=1}\n'
+                  '      %z: f32[3] = aten::add.Tensor(%acc, %acc, %one)\n'
+                  '      -> (%t, %z)\n'
+                  '  }\n'
+                  '  %c: bool = aten::gt.int(%k, %zero)\n'
+                  '  %w: f32[3] = prim::If(%c) {\n'
+                  '    ^then():\n'
+                  '      -> (%y)\n'
+                  '    ^else():\n'
+                  '      %m: f32[3] = aten::neg(%x)\n'
+                  '      -> (%m)\n'
+                  '  }\n'
+                  '  return (%w)\n}')
+    source, scripted = build_module(graph, ["x", "n"], ["w"])
+    assert "for loop_i in range(" in source and "if " in source and "else:" in source
+    x = torch.tensor([1.0, 2.0, 3.0])
+    assert torch.equal(scripted(x, torch.tensor(3))["w"], x * 8)
+    assert torch.equal(scripted(x, torch.tensor(0))["w"], -x)
+
+
+def test_a_dexport_op_left_in_the_saved_model_is_an_error():
+    """The standalone check loads the .pt with torch alone and names any dexport:: op in it."""
+    class CallsCustomOp(nn.Module):
+        def forward(self, boxes, scores):
+            return torch.ops.dexport.nms(boxes, scores, 0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scripted = torch.jit.script(CallsCustomOp())
+    with pytest.raises(DexportError, match="dexport::nms"):
+        check_standalone(save_bytes(scripted))
