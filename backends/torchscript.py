@@ -29,6 +29,7 @@ import hashlib
 import importlib.util
 import io
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -194,6 +195,11 @@ def check_standalone(model_bytes: bytes) -> None:
         proc = subprocess.run([sys.executable, "-I", "-c", _CHECK_SCRIPT, str(path)], capture_output=True,
                               text=True, cwd=tmp, timeout=300)
     if proc.returncode != 0:
+        unknown = re.findall(r"dexport::\w+", proc.stderr)
+        if unknown:
+            raise DexportError(f"the saved TorchScript model calls {unknown[0]}, which plain torch cannot run",
+                               op=unknown[0], hint="give the op a TorchScript implementation in "
+                                                   "dexport.backends.torchscript_detection (FUNCTIONS)")
         raise DexportError(f"the saved TorchScript model does not load with torch alone: "
                            f"{proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}",
                            hint="this is a bug in the TorchScript backend")
