@@ -124,6 +124,20 @@ def ts_decode_boxes(deltas: Tensor, boxes: Tensor, weights: List[float], scale_c
     return out.reshape(deltas.size())
 
 
+def ts_encode_boxes(target_boxes: Tensor, boxes: Tensor, weights: List[float]) -> Tensor:
+    boxes = boxes.to(target_boxes.dtype)
+    src_w = boxes[:, 2] - boxes[:, 0]
+    src_h = boxes[:, 3] - boxes[:, 1]
+    src_x = boxes[:, 0] + 0.5 * src_w
+    src_y = boxes[:, 1] + 0.5 * src_h
+    tgt_w = target_boxes[:, 2] - target_boxes[:, 0]
+    tgt_h = target_boxes[:, 3] - target_boxes[:, 1]
+    tgt_x = target_boxes[:, 0] + 0.5 * tgt_w
+    tgt_y = target_boxes[:, 1] + 0.5 * tgt_h
+    return torch.stack((weights[0] * (tgt_x - src_x) / src_w, weights[1] * (tgt_y - src_y) / src_h,
+                        weights[2] * torch.log(tgt_w / src_w), weights[3] * torch.log(tgt_h / src_h)), dim=1)
+
+
 def ts_clip_boxes(boxes: Tensor, image_size: Tensor) -> Tensor:
     size = image_size.to(boxes.dtype)
     bounds = torch.stack((size[1], size[0], size[1], size[0])).repeat(boxes.size(1) // 4)
@@ -203,6 +217,7 @@ FUNCTIONS = {
     "dexport::batched_nms": ts_batched_nms,
     "dexport::roi_align": ts_roi_align,
     "dexport::decode_boxes": ts_decode_boxes,
+    "dexport::encode_boxes": ts_encode_boxes,
     "dexport::clip_boxes": ts_clip_boxes,
     "dexport::assign_fpn_levels": ts_assign_fpn_levels,
     "dexport::paste_masks": ts_paste_masks,
