@@ -12,21 +12,17 @@ manifest's output names, in manifest order.
 Lowerings: aten ops are called generically (``torch.ops.aten.<name>(...)``; ``supports``
 accepts any functional aten op torch has), prim ops and ``dexport::*`` ops have entries
 in ``LOWERINGS`` (``dexport.backends.torchscript_lowerings``), the latter calling the
-TorchScript functions of ``dexport.backends.torchscript_detection``. Every saved model
-is loaded again in a fresh ``python -I`` that imports only torch, which checks that no
-``dexport::`` op is left in any of its graphs.
+TorchScript functions of ``dexport.backends.torchscript_detection``.
 
-``model.pt`` is byte-identical across exports of the same model: ``torch.jit.save``
-writes a random ``.data/serialization_id`` and ``*.debug_pkl`` source ranges that name
-the temporary path of ``model.py``; the archive is rewritten with the id derived from
-its contents and without the debug records (error messages from the loaded model
-then point into its own serialized code, ``code/__torch__/...``, not into ``model.py``).
+Scripting and saving run in a fresh ``python -I`` that imports only torch
+(``dexport.backends.torchscript_compile``), which also reloads the saved model and
+checks that no ``dexport::`` op is left in it, and makes ``model.pt`` byte-identical
+across exports of the same model (see that module for how).
 """
 from __future__ import annotations
 
+import collections
 import contextlib
-import hashlib
-import importlib.util
 import io
 import json
 import re
@@ -34,7 +30,6 @@ import subprocess
 import sys
 import tempfile
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Sequence
 
@@ -51,8 +46,6 @@ LOWERINGS = LoweringTable("torchscript", modules=("dexport.backends.torchscript_
 lowering = LOWERINGS.register
 
 MODEL_FILE, SOURCE_FILE = "model.pt", "model.py"
-# The generated module's name, so its classes have the same qualified name in every export.
-MODULE_NAME = "dexport_torchscript_model"
 
 
 def supports(op: str) -> bool:
@@ -128,87 +121,38 @@ def quiet_jit():
         yield
 
 
-def script_source(source: str, buffers: dict[str, torch.Tensor]):
-    """``torch.jit.script`` of the generated module: the source is written to a real
-    file (TorchScript reads a function's source through ``inspect``) and imported
-    from there."""
+COMPILER = Path(__file__).with_name("torchscript_compile.py")
+
+
+def compile_source(source: str, buffers: dict[str, torch.Tensor]) -> tuple[bytes, collections.Counter]:
+    """``model.pt`` bytes of the generated module, and the aten overloads TorchScript
+    resolved in its ``forward`` ({(op, overload): count}). Scripting, saving and a
+    reload that looks for ``dexport::`` ops left in the model all run in a fresh
+    ``python -I`` importing only torch (``torchscript_compile``; TorchScript reads a
+    function's source through ``inspect``, so the source is a real file there)."""
     with tempfile.TemporaryDirectory(prefix="dexport-torchscript-") as tmp:
-        path = Path(tmp) / SOURCE_FILE
-        path.write_text(source, encoding="utf-8")
-        spec = importlib.util.spec_from_file_location(MODULE_NAME, path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        with quiet_jit():
-            try:
-                return torch.jit.script(module.Model(buffers))
-            except Exception as err:  # TorchScript's frontend raises several error types
-                raise DexportError(f"torch.jit.script rejected the generated source: {err}",
-                                   hint="this is a bug in a TorchScript lowering; the message quotes the "
-                                        "generated model.py line (export with the same model to read it)") from None
-
-
-def save_bytes(scripted) -> bytes:
-    """``torch.jit.save`` made deterministic (see the module doc): the archive without
-    its ``.debug_pkl`` records, its serialization id the digest of the rest."""
-    buf = io.BytesIO()
-    with quiet_jit():
-        torch.jit.save(scripted, buf)
-    src = zipfile.ZipFile(io.BytesIO(buf.getvalue()))
-    entries = [(i.filename, src.read(i)) for i in src.infolist() if not i.filename.endswith(".debug_pkl")]
-    digest = hashlib.sha256()
-    for name, data in entries:
-        if not name.endswith(".data/serialization_id"):
-            digest.update(name.encode() + b"\0" + data)
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as archive:
-        for name, data in entries:
-            if name.endswith(".data/serialization_id"):
-                data = str(int(digest.hexdigest(), 16))[:len(data) or 40].encode()
-            archive.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data)
-    return out.getvalue()
-
-
-# Run by ``python -I``: loads the model with torch alone and lists the dexport ops left in it.
-_CHECK_SCRIPT = r"""
-import json, sys, torch
-m = torch.jit.load(sys.argv[1])
-left = set()
-def walk(block):
-    for node in block.nodes():
-        if node.kind().startswith("dexport::"):
-            left.add(node.kind())
-        for inner in node.blocks():
-            walk(inner)
-for name in m._c._method_names():
-    walk(getattr(m, name).inlined_graph)
-print(json.dumps({"left": sorted(left), "others": sorted(k for k in sys.modules if k.split(".")[0] in
-                  ("dexport", "torchvision", "detectron2"))}))
-"""
-
-
-def check_standalone(model_bytes: bytes) -> None:
-    """Load ``model_bytes`` in a fresh ``python -I`` that imports only torch; a load
-    failure or a ``dexport::`` op left in any method's graph is a DexportError."""
-    with tempfile.TemporaryDirectory(prefix="dexport-torchscript-check-") as tmp:
-        path = Path(tmp) / MODEL_FILE
-        path.write_bytes(model_bytes)
-        proc = subprocess.run([sys.executable, "-I", "-c", _CHECK_SCRIPT, str(path)], capture_output=True,
-                              text=True, cwd=tmp, timeout=300)
-    if proc.returncode != 0:
-        unknown = re.findall(r"dexport::\w+", proc.stderr)
-        if unknown:
-            raise DexportError(f"the saved TorchScript model calls {unknown[0]}, which plain torch cannot run",
-                               op=unknown[0], hint="give the op a TorchScript implementation in "
-                                                   "dexport.backends.torchscript_detection (FUNCTIONS)")
-        raise DexportError(f"the saved TorchScript model does not load with torch alone: "
-                           f"{proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}",
-                           hint="this is a bug in the TorchScript backend")
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
+        (Path(tmp) / SOURCE_FILE).write_text(source, encoding="utf-8")
+        torch.save(buffers, Path(tmp) / "buffers.pt")
+        proc = subprocess.run([sys.executable, "-I", str(COMPILER), tmp], capture_output=True, text=True,
+                              cwd=tmp, timeout=600)
+        if proc.returncode != 0:
+            unknown = [f"dexport::{op}" for op in re.findall(r"(?:dexport::|torch\.ops\.dexport\.)(\w+)", proc.stderr)]
+            if unknown:
+                raise DexportError(f"the TorchScript model calls {unknown[0]}, which plain torch cannot run",
+                                   op=unknown[0], hint="give the op a TorchScript implementation in "
+                                                       "dexport.backends.torchscript_detection (FUNCTIONS)")
+            raise DexportError("torch.jit.script rejected the generated source",
+                               context=proc.stderr.strip().rpartition("Error:")[2].strip()[-3000:],
+                               hint="this is a bug in a TorchScript lowering; the context quotes the "
+                                    "generated model.py line")
+        report = json.loads(proc.stdout.strip().splitlines()[-1])
+        model_bytes = (Path(tmp) / MODEL_FILE).read_bytes()
     if report["left"]:
         raise DexportError(f"the saved TorchScript model still calls {', '.join(report['left'])}, which plain "
                            f"torch cannot run", op=report["left"][0],
                            hint="give the op a TorchScript implementation in "
                                 "dexport.backends.torchscript_detection (FUNCTIONS)")
+    return model_bytes, collections.Counter({(k, o): n for k, o, n in report["overloads"]})
 
 
 def _detection():
@@ -218,16 +162,16 @@ def _detection():
 
 def build_module(graph: Graph, input_names: Sequence[str], output_names: Sequence[str],
                  expose: Sequence[Value] = ()):
-    """(source, scripted module) for ``graph`` (see ``emit_source``)."""
+    """(source, model.pt bytes) for ``graph`` (see ``emit_source``)."""
     missing = TORCHSCRIPT.check_support(graph)
     if missing:
         raise _unsupported(missing)
     functions, helpers = _detection()
     source, buffers, _ = emit_source(graph, table=LOWERINGS, functions=functions, helpers=helpers,
                                      input_names=input_names, output_names=output_names, expose=expose)
-    scripted = script_source(source, buffers)
-    check_overloads(graph, scripted)
-    return source, scripted
+    model_bytes, overloads = compile_source(source, buffers)
+    check_overloads(graph, overloads)
+    return source, model_bytes
 
 
 # --------------------------------------------------------------------------- running
@@ -272,9 +216,7 @@ class TorchScriptBackend(Backend):
         self.resolve_options(options)
         ins = _io_identifiers(graph.inputs, input_names, "input")
         outs = _io_identifiers(graph.outputs, output_names, "output")
-        source, scripted = build_module(graph, ins, outs)
-        model_bytes = save_bytes(scripted)
-        check_standalone(model_bytes)
+        source, model_bytes = build_module(graph, ins, outs)
         static_ok = not graph.example_shapes
         return Emission({MODEL_FILE: model_bytes, SOURCE_FILE: source.encode("utf-8")}, MODEL_FILE,
                         [_io(v, n, static_ok) for v, n in zip(graph.inputs, ins)],
@@ -295,9 +237,11 @@ class TorchScriptBackend(Backend):
                                                          and v.type.kind in ("int", "float", "bool"))]
         ins = _io_identifiers(graph.inputs, None, "input")
         outs = _io_identifiers(graph.outputs, None, "output")
-        _, scripted = build_module(graph, ins, outs, expose=exposed)
+        _, model_bytes = build_module(graph, ins, outs, expose=exposed)
+        with quiet_jit():
+            module = torch.jit.load(io.BytesIO(model_bytes), map_location="cpu")
         with torch.no_grad():
-            result = scripted(*[torch.as_tensor(x) for x in flat_inputs])
+            result = module(*[torch.as_tensor(x) for x in flat_inputs])
         keys = [f"__v{k}" for k in range(len(exposed))]
         return Intermediates(dict(zip(exposed, keys)), {v: result[k] for v, k in zip(exposed, keys)})
 
@@ -305,4 +249,4 @@ class TorchScriptBackend(Backend):
 TORCHSCRIPT = register_backend(TorchScriptBackend())
 
 __all__ = ["LOWERINGS", "TORCHSCRIPT", "TorchScriptBackend", "TorchScriptRunner", "build_module",
-           "check_standalone", "lowering", "save_bytes", "script_source", "supports"]
+           "compile_source", "lowering", "supports"]

@@ -344,9 +344,10 @@ def _is_wrapped_number(value: Value, arg) -> bool:
         node is not None and node.op == "prim::Constant" and isinstance(node.attrs["value"], (bool, int, float)))
 
 
-def check_overloads(graph: Graph, scripted) -> None:
+def check_overloads(graph: Graph, actual: collections.Counter) -> None:
     """TorchScript picks an overload of ``torch.ops.aten.X(...)`` by the argument types:
-    every overload the IR names must appear in the compiled forward at least as often."""
+    every overload the IR names must appear in the compiled forward (``actual``:
+    {(op, overload): count}) at least as often."""
     expected = collections.Counter()
     for node in graph.nodes():
         # A number traced as a 0-d tensor ("wrapped number") is written as the number,
@@ -355,16 +356,6 @@ def check_overloads(graph: Graph, scripted) -> None:
         if schema is not None and not any(_is_wrapped_number(v, a) for v, a in zip(node.inputs, schema.arguments)):
             name, _, overload = node.op.partition(".")
             expected[(name, overload)] += 1
-    actual = collections.Counter()
-    stack = [scripted.forward.graph]
-    while stack:
-        g = stack.pop()
-        for n in g.nodes():
-            for b in n.blocks():
-                stack.append(b)
-            schema = n.schema()
-            if schema != "(no schema)" and n.kind().startswith("aten::"):
-                actual[(n.kind(), torch._C.parse_schema(schema).overload_name)] += 1
     wrong = sorted(f"{name}.{overload}" if overload else name
                    for (name, overload), count in expected.items() if actual[(name, overload)] < count)
     if wrong:

@@ -17,8 +17,7 @@ from torch import nn
 
 import dexport
 from dexport.backends.base import get_backend
-from dexport.backends.torchscript import (LOWERINGS, TorchScriptRunner, build_module, check_standalone,
-                                          save_bytes, supports)
+from dexport.backends.torchscript import LOWERINGS, TorchScriptRunner, build_module, compile_source, supports
 from dexport.backends.torchscript_emit import comment_text, identifier
 from dexport.cli import main, sample_images
 from dexport.driver import default_pipeline
@@ -46,10 +45,10 @@ def scripted_detector(name: str):
                                 inference_func=lambda m, *args: m.forward_batched(*args))
     PassManager(default_pipeline("torchscript")).run(graph)
     outputs = list(graph.output_schema.keys)
-    _, scripted = build_module(graph, DETECTION_INPUTS, outputs)
+    _, model_bytes = build_module(graph, DETECTION_INPUTS, outputs)
     manifest = {"inputs": [{"name": n} for n in DETECTION_INPUTS], "io": "detection",
                 "input_schema": graph.input_schema.to_json(), "output_schema": graph.output_schema.to_json()}
-    return model, LoadedModel(TorchScriptRunner(save_bytes(scripted), outputs), manifest)
+    return model, LoadedModel(TorchScriptRunner(model_bytes, outputs), manifest)
 
 
 # The three heaviest (20-50 s each on 2 cores, mostly RoIAlign and mask pasting) run with -m slow.
@@ -157,6 +156,17 @@ def test_emission_is_byte_identical_across_processes(tmp_path):
     assert digests[0] == digests[1]
 
 
+def test_emission_is_byte_identical_within_one_process(tmp_path):
+    """A second export in the same process gives the same bytes (TorchScript would
+    rename a class it compiles twice; scripting runs in a fresh process each time)."""
+    files = []
+    for k in range(2):
+        model, example, _ = ts_models.small_cnn()
+        dexport.export(model, example, tmp_path / f"b{k}", format="torchscript")
+        files.append([(tmp_path / f"b{k}" / name).read_bytes() for name in ("model.pt", "model.py", "manifest.json")])
+    assert files[0] == files[1]
+
+
 # --------------------------------------------------------------------------- hostile names
 
 # No '.': module names with one cannot be traced at all (torch.jit.trace looks them up by path).
@@ -224,9 +234,9 @@ def test_an_overload_torchscript_resolves_differently_is_an_error(monkeypatch):
                   '  %m: str = prim::Constant() {value="floor"}\n'
                   '  %y: f32[2] = aten::div.Tensor_mode(%a, %b, %m)\n'
                   '  return (%y)\n}')
-    _, scripted = build_module(graph, ["a", "b"], ["y"])  # the keyword is passed: fine
-    assert torch.equal(scripted(torch.tensor([7.0, -7.0]), torch.tensor([2.0, 2.0]))["y"],
-                       torch.tensor([3.0, -4.0]))
+    _, model_bytes = build_module(graph, ["a", "b"], ["y"])  # the keyword is passed: fine
+    (y,) = TorchScriptRunner(model_bytes, ["y"]).run_flat([torch.tensor([7.0, -7.0]), torch.tensor([2.0, 2.0])])
+    assert torch.equal(y, torch.tensor([3.0, -4.0]))
 
     def positional(ctx, node):
         return f"torch.ops.aten.div({ctx.expr(node.inputs[0])}, {ctx.expr(node.inputs[1])})"
@@ -250,13 +260,13 @@ def test_scripted_control_flow_becomes_if_for_and_while(tmp_path):
                 torch.testing.assert_close(got, want)
 
 
-def test_a_dexport_op_left_in_the_saved_model_is_an_error():
-    """The standalone check loads the .pt with torch alone and names any dexport:: op in it."""
-    class CallsCustomOp(nn.Module):
-        def forward(self, boxes, scores):
-            return torch.ops.dexport.nms(boxes, scores, 0.5)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        scripted = torch.jit.script(CallsCustomOp())
+def test_a_dexport_op_left_in_the_model_is_an_error():
+    """Scripting runs in a process with torch alone, where a dexport:: op does not exist."""
+    source = ("import torch\n"
+              "class Model(torch.nn.Module):\n"
+              "    def __init__(self, params):\n"
+              "        super().__init__()\n"
+              "    def forward(self, boxes: torch.Tensor, scores: torch.Tensor):\n"
+              "        return torch.ops.dexport.nms(boxes, scores, 0.5)\n")
     with pytest.raises(DexportError, match="dexport::nms"):
-        check_standalone(save_bytes(scripted))
+        compile_source(source, {})
