@@ -173,7 +173,7 @@ class EmitContext:
 
     def value_name(self, node: Node, k: int = 0) -> str:
         scope = [p for p in node.meta.scope.split(".") if p][-2:]
-        op = node.op.split("::", 1)[-1].split(".", 1)[0]
+        op = node.op.split("::", 1)[-1].split(".", 1)[0].lower()
         suffix = f"_{k}" if len(node.outputs) > 1 else ""
         return self.names.take(identifier("_".join([*scope, op]) + suffix))
 
@@ -206,12 +206,17 @@ class EmitContext:
                                    context=format_context(node.graph, node) if node.graph else None)
 
     # -- walking ---------------------------------------------------------------------
-    def emit_block(self, block: Block) -> None:
+    def emit_block(self, block: Block, targets: Sequence[str] = (), returns: Sequence[Value] | None = None) -> None:
+        """A nested block's statements, one level deeper, then ``targets = returns``
+        (default: the block's returns); ``pass`` if that leaves it empty."""
+        self.depth += 1
         start = len(self.lines)
         for node in block.nodes:
             self.emit_node(node)
-        if len(self.lines) == start or all(l.strip().startswith("#") for l in self.lines[start:]):
+        self.assign(targets, block.returns if returns is None else returns)
+        if all(line.strip().startswith("#") for line in self.lines[start:]):
             self.line("pass")
+        self.depth -= 1
 
     def emit_node(self, node: Node) -> None:
         outer, self.current = self.current, node
@@ -231,18 +236,13 @@ class EmitContext:
         finally:
             self.current = outer
 
-    def assign_block_returns(self, block: Block, targets: Sequence[str]) -> None:
-        """``targets = block's returns`` (one tuple assignment, so the right side reads
-        every value before any target changes: loop-carried swaps stay right)."""
-        if not targets:
-            return
-        rhs = [self.expr(v) for v in block.returns]
-        pairs = [(t, r) for t, r in zip(targets, rhs) if t != r]
-        if not pairs:
-            return
+    def assign(self, targets: Sequence[str], values: Sequence[Value]) -> None:
+        """``targets = values`` as one tuple assignment, so the right side reads every
+        value before any target changes (loop-carried swaps stay right)."""
+        pairs = [(t, self.expr(v)) for t, v in zip(targets, values) if t != self.expr(v)]
         if len(pairs) == 1:
             self.line(f"{pairs[0][0]} = {pairs[0][1]}")
-        else:
+        elif pairs:
             self.line(f"{', '.join(t for t, _ in pairs)} = {', '.join(r for _, r in pairs)}")
 
 
@@ -290,7 +290,8 @@ def emit_source(graph: Graph, *, table, functions: dict[str, Callable], helpers:
         ann = annotation(value.type) or "Tensor"
         args.append(f"{name}: {ann}")
         ctx.env[value] = name
-    ctx.emit_block(graph.block)
+    for node in graph.block.nodes:
+        ctx.emit_node(node)
     ctx.current = None
     ctx._place = None
     outs = []

@@ -151,10 +151,7 @@ def _if(ctx: EmitContext, node: Node):
     then_block, else_block = node.blocks
     for head, block in ((f"if {cond}:", then_block), ("else:", else_block)):
         ctx.statement(head)
-        ctx.depth += 1
-        ctx.emit_block(block)
-        ctx.assign_block_returns(block, names)
-        ctx.depth -= 1
+        ctx.emit_block(block, names)
 
 
 _MAX_TRIP = 9223372036854775807  # TorchScript's trip count of a while loop
@@ -174,29 +171,18 @@ def _loop(ctx: EmitContext, node: Node):
         and body_cond.node.attrs["value"] is True
     if always:
         ctx.statement(f"for {counter} in range({trip}):")
-        ctx.depth += 1
-        ctx.emit_block(body)
-        ctx.assign_block_returns(_Returns(body.returns[1:]), names)
-        ctx.depth -= 1
+        ctx.emit_block(body, names, body.returns[1:])
         return None
     keep = ctx.names.take("loop_cond")
     ctx.statement(f"{keep} = {cond}")
     ctx.statement(f"{counter} = 0")
     bounded = trip != str(_MAX_TRIP)
     ctx.statement(f"while {keep} and {counter} < {trip}:" if bounded else f"while {keep}:")
+    ctx.emit_block(body, [keep, *names])
     ctx.depth += 1
-    ctx.emit_block(body)
-    ctx.assign_block_returns(_Returns(body.returns), [keep, *names])
     ctx.line(f"{counter} = {counter} + 1")
     ctx.depth -= 1
     return None
-
-
-class _Returns:
-    """Stands in for a block in ``assign_block_returns`` with some of its returns."""
-
-    def __init__(self, returns):
-        self.returns = tuple(returns)
 
 
 # --------------------------------------------------------------------------- detection ops
