@@ -62,6 +62,14 @@ def test_tiny_zoo_detector_matches_eager_at_batches_1_2_3_and_other_resolutions(
     assert report.ok, report.to_dict()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in zoo.names() if "R50" in n])
+def test_r50_zoo_detector_matches_eager(name):
+    model, loaded = scripted_detector(name)
+    report = verify(model, loaded, [(sample_images(n, size, seed=seed),) for n, size, seed in HELD_OUT[:2]])
+    assert report.ok, report.to_dict()
+
+
 # --------------------------------------------------------------------------- a full export
 
 @pytest.fixture(scope="module")
