@@ -46,7 +46,7 @@ MAX_NAME = 48
 
 # Names the generated source itself uses; user-derived names never take them.
 _RESERVED = {"self", "torch", "math", "Tensor", "List", "Dict", "Optional", "Tuple", "Any", MODULE_CLASS,
-             "params", "forward", "outputs", "annotate"}
+             "params", "forward"}
 
 
 def identifier(text: str, fallback: str = "v") -> str:
@@ -137,11 +137,11 @@ class EmitContext:
     """The state of one emission: source lines, value -> expression, buffers, the
     detection functions used."""
 
-    def __init__(self, graph: Graph, table, functions: dict[str, Callable]):
+    def __init__(self, graph: Graph, table, functions: dict[str, Callable], helpers: Sequence[Callable] = ()):
         self.graph = graph
         self.table = table
         self.functions = functions
-        self.names = Names([f.__name__ for f in functions.values()])
+        self.names = Names([f.__name__ for f in [*functions.values(), *helpers]])
         self.env: dict[Value, str] = {}
         self.lines: list[str] = []
         self.depth = 2  # inside class and forward
@@ -167,9 +167,6 @@ class EmitContext:
 
     def expr(self, value: Value) -> str:
         return self.env[value]
-
-    def fresh(self, value: Value | None, base: str) -> str:
-        return self.names.take(identifier(base))
 
     def value_name(self, node: Node, k: int = 0) -> str:
         scope = [p for p in node.meta.scope.split(".") if p][-2:]
@@ -282,7 +279,7 @@ def emit_source(graph: Graph, *, table, functions: dict[str, Callable], helpers:
     """The module source for ``graph`` and the buffers it reads (attribute -> tensor).
     ``input_names`` / ``output_names`` are identifiers / dict keys chosen by the caller;
     ``expose``: more values returned under the keys ``__v<k>`` (for bisecting)."""
-    ctx = EmitContext(graph, table, functions)
+    ctx = EmitContext(graph, table, functions, helpers)
     for name in input_names:
         ctx.names.used.add(name)
     args = []
