@@ -288,7 +288,7 @@ def dist_version(dist: str) -> str:
 
 DEFAULT_BACKEND = "onnx"
 # Backends shipped with dexport register themselves when imported, on first use of the registry.
-_BACKENDS: Registry[Backend] = Registry(("dexport.backends.onnx",), unknown="format {name!r} is not available")
+_BACKENDS: Registry[Backend] = Registry(("dexport.backends.onnx", "dexport.backends.torchscript"), unknown="format {name!r} is not available")
 
 
 def register_backend(backend: Backend) -> Backend:
