@@ -150,7 +150,9 @@ for _aten, _onnx in {"relu": "Relu", "sigmoid": "Sigmoid", "exp": "Exp", "log": 
                      "sqrt": "Sqrt", "neg": "Neg", "abs": "Abs", "floor": "Floor",
                      "ceil": "Ceil", "round": "Round", "tanh": "Tanh", "erf": "Erf",
                      "sin": "Sin", "cos": "Cos", "sign": "Sign",
-                     "reciprocal": "Reciprocal"}.items():
+                     "reciprocal": "Reciprocal", "tan": "Tan", "asin": "Asin",
+                     "acos": "Acos", "atan": "Atan", "sinh": "Sinh", "cosh": "Cosh",
+                     "asinh": "Asinh", "acosh": "Acosh", "atanh": "Atanh"}.items():
     lowering(f"aten::{_aten}")(_unary(_onnx))
 
 
@@ -166,6 +168,106 @@ def _log2(ctx: LoweringContext, node: Node) -> list:
     ln = ctx.op("Log", ctx.input(node, 0, torch.float64))
     return [ctx.cast(ctx.typed(ctx.op("Div", ln, ctx.constant(math.log(2.0), torch.float64)),
                                torch.float64), dtype)]
+
+
+@lowering("aten::log10")
+def _log10(ctx: LoweringContext, node: Node) -> list:
+    dtype = ctx.out_dtype(node)
+    ln = ctx.op("Log", ctx.input(node, 0, torch.float64))
+    return [ctx.cast(ctx.typed(ctx.op("Div", ln, ctx.constant(math.log(10.0), torch.float64)),
+                               torch.float64), dtype)]
+
+
+def _expm1(ctx: LoweringContext, x: str, dtype: torch.dtype) -> str:
+    """exp(x) - 1 without losing small x to rounding: (u - 1) * x / log(u) with
+    u = exp(x) (Kahan), x itself where u rounds to 1, -1 where u - 1 does."""
+    one = ctx.constant(1, dtype)
+    u = ctx.op("Exp", x)
+    um1 = ctx.op("Sub", u, one)
+    exact = ctx.op("Div", ctx.op("Mul", um1, x), ctx.op("Log", u))
+    inf = ctx.op("Equal", u, ctx.constant(math.inf, dtype))
+    out = ctx.op("Where", inf, u, exact)  # inf * x / inf is nan
+    out = ctx.op("Where", ctx.op("Equal", um1, ctx.constant(-1, dtype)), um1, out)
+    return ctx.op("Where", ctx.op("Equal", u, one), x, out)
+
+
+@lowering("aten::expm1")
+def _expm1_op(ctx: LoweringContext, node: Node) -> list:
+    dtype = ctx.out_dtype(node)
+    return [_expm1(ctx, ctx.input(node, 0, dtype), dtype)]
+
+
+@lowering("aten::log1p")
+def _log1p(ctx: LoweringContext, node: Node) -> list:
+    """log(1 + x) without losing small x: log(u) * x / (u - 1) with u = 1 + x
+    (Goldberg), x itself where u rounds to 1, log(u) where u is inf."""
+    dtype = ctx.out_dtype(node)
+    x = ctx.input(node, 0, dtype)
+    one = ctx.constant(1, dtype)
+    u = ctx.op("Add", x, one)
+    log_u = ctx.op("Log", u)
+    exact = ctx.op("Div", ctx.op("Mul", log_u, x), ctx.op("Sub", u, one))
+    out = ctx.op("Where", ctx.op("Equal", u, ctx.constant(math.inf, dtype)), log_u, exact)
+    return [ctx.op("Where", ctx.op("Equal", u, one), x, out)]
+
+
+@lowering("aten::elu")
+def _elu(ctx: LoweringContext, node: Node) -> list:
+    """scale * x for x > 0, else scale * alpha * expm1(input_scale * x)."""
+    dtype = ctx.out_dtype(node)
+    x = ctx.input(node, 0, dtype)
+    alpha, scale, input_scale = (ctx.input(node, i, dtype) if len(node.inputs) > i
+                                 else ctx.constant(1, dtype) for i in (1, 2, 3))
+    neg = ctx.op("Mul", alpha, _expm1(ctx, ctx.op("Mul", x, input_scale), dtype))
+    out = ctx.op("Where", ctx.op("Greater", x, ctx.constant(0, dtype)), x, neg)
+    return [ctx.op("Mul", out, scale)]
+
+
+@lowering("aten::trunc")
+def _trunc(ctx: LoweringContext, node: Node) -> list:
+    """ONNX (opset 17) has no Trunc: sign(x) * floor(|x|); integers are already whole."""
+    dtype = ctx.out_dtype(node)
+    x = ctx.input(node, 0, dtype)
+    if not dtype.is_floating_point:
+        return [ctx.same_dtype(x, ctx.op("Identity", x))]
+    return [ctx.op("Mul", ctx.op("Sign", x), ctx.op("Floor", ctx.op("Abs", x)))]
+
+
+@lowering("aten::isnan")
+def _isnan(ctx: LoweringContext, node: Node) -> list:
+    dtype = ctx.dtype(node, 0)
+    x = ctx.input(node, 0)
+    if dtype.is_floating_point:
+        return [ctx.typed(ctx.op("IsNaN", x), torch.bool)]
+    # integers and bools are never nan (x != x is all false, with x's shape)
+    return [ctx.typed(ctx.op("Not", ctx.op("Equal", x, x)), torch.bool)]
+
+
+def _sign_bit(ctx: LoweringContext, x: str, dtype: torch.dtype) -> str:
+    """x < 0 or x is -0.0 (1 / -0.0 is -inf)."""
+    zero = ctx.constant(0, dtype)
+    return ctx.op("Or", ctx.op("Less", x, zero),
+                  ctx.op("Less", ctx.op("Div", ctx.constant(1, dtype), x), zero))
+
+
+@lowering("aten::atan2")
+def _atan2(ctx: LoweringContext, node: Node) -> list:
+    """ONNX has no Atan2: atan(y / x), moved by +-pi (the sign of y, -0.0 counted
+    negative) where x is negative or -0.0; y where both are zero and x is +0.0.
+    Deviation from torch: where both y and x are infinite the result is nan
+    (torch gives +-pi/4 or +-3pi/4)."""
+    dtype = ctx.out_dtype(node)
+    y, x = ctx.input(node, 0, dtype), ctx.input(node, 1, dtype)
+    pi = ctx.constant(math.pi, dtype)
+    a = ctx.op("Atan", ctx.op("Div", y, x))
+    y_neg = _sign_bit(ctx, y, dtype)
+    shift = ctx.op("Where", y_neg, ctx.op("Neg", pi), pi)
+    x_neg = _sign_bit(ctx, x, dtype)
+    out = ctx.op("Where", x_neg, ctx.op("Add", a, shift), a)
+    zero = ctx.constant(0, dtype)
+    both_zero = ctx.op("And", ctx.op("Equal", y, zero), ctx.op("Equal", x, zero))
+    at_zero = ctx.op("Where", x_neg, shift, y)
+    return [ctx.op("Where", both_zero, at_zero, out)]
 
 
 @lowering("aten::silu")
@@ -257,6 +359,13 @@ def _remainder(ctx: LoweringContext, node: Node) -> list:
     return [ctx.op("Sub", a, ctx.op("Mul", ctx.op("Floor", ctx.op("Div", a, b)), b))]
 
 
+@lowering("aten::fmod.Scalar", "aten::fmod.Tensor")
+def _fmod(ctx: LoweringContext, node: Node) -> list:
+    """C's fmod: the result has the dividend's sign (ONNX Mod with fmod=1)."""
+    dtype = ctx.out_dtype(node)
+    return [ctx.op("Mod", ctx.input(node, 0, dtype), ctx.input(node, 1, dtype), fmod=1)]
+
+
 @lowering("aten::pow.Tensor_Scalar", "aten::pow.Tensor_Tensor", "aten::pow.Scalar")
 def _pow(ctx: LoweringContext, node: Node) -> list:
     dtype = ctx.out_dtype(node)
@@ -339,9 +448,9 @@ def _logical(bool_op: str, bitwise_op: str | None, logical: bool):
     return lower
 
 
-lowering("aten::__and__.Tensor", "aten::bitwise_and.Tensor")(_logical("And", "BitwiseAnd", False))
-lowering("aten::__or__.Tensor", "aten::bitwise_or.Tensor")(_logical("Or", "BitwiseOr", False))
-lowering("aten::__xor__.Tensor", "aten::bitwise_xor.Tensor")(_logical("Xor", "BitwiseXor", False))
+lowering("aten::__and__.Tensor", "aten::bitwise_and.Tensor", "aten::bitwise_and.Scalar")(_logical("And", "BitwiseAnd", False))
+lowering("aten::__or__.Tensor", "aten::bitwise_or.Tensor", "aten::bitwise_or.Scalar")(_logical("Or", "BitwiseOr", False))
+lowering("aten::__xor__.Tensor", "aten::bitwise_xor.Tensor", "aten::bitwise_xor.Scalar")(_logical("Xor", "BitwiseXor", False))
 lowering("aten::logical_and")(_logical("And", None, True))
 lowering("aten::logical_or")(_logical("Or", None, True))
 lowering("aten::logical_xor")(_logical("Xor", None, True))

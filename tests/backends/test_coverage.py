@@ -30,22 +30,22 @@ class LeakyRelu(torch.nn.Module):
         return F.leaky_relu(x, 0.1)
 
 
-class Acos(torch.nn.Module):
+class Var(torch.nn.Module):
     def forward(self, x):
-        return torch.acos(x)
+        return torch.var(x, dim=1, correction=1)
 
 
 def test_decomposed_means_the_export_works(tmp_path):
-    """"decomposed" is verified, not just "a decomposition exists": acos has one, but it
-    ends in prims::acos, so it is missing, and the export indeed refuses it."""
+    """"decomposed" is verified, not just "a decomposition exists": var.correction has one, but it
+    ends in prims::var, so it is missing, and the export indeed refuses it."""
     cov = coverage("onnx")
     assert cov.ops["aten::leaky_relu"] == "decomposed"
-    assert cov.ops["aten::acos"] == "missing" and "prims::acos" in cov.notes["aten::acos"]
+    assert cov.ops["aten::var.correction"] == "missing" and "prims::var" in cov.notes["aten::var.correction"]
     x = torch.rand(2, 5) * 2 - 1
     result = dexport.export(LeakyRelu(), (x,), tmp_path / "leaky", check_inputs=[(torch.randn(3, 4),)])
     assert result.verification.ok
-    with pytest.raises(UnsupportedOpsError, match="aten::acos"):
-        dexport.export(Acos(), (x,), tmp_path / "acos")
+    with pytest.raises(UnsupportedOpsError, match="aten::var"):
+        dexport.export(Var(), (x,), tmp_path / "var")
 
 
 def test_cli_prints_the_table(capsys):
