@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator, Mapping, NamedTuple, Protocol, Seque
 
 import torch
 
-from dexport.ir.errors import DexportError
+from dexport.ir.errors import DexportError, UnsupportedOpsError
 from dexport.ir.graph import Graph, Value
 from dexport.ir.registry import Registry
 
@@ -144,6 +144,21 @@ def missing_ops(graph: Graph, supports: Callable[[str], bool]) -> list[MissingOp
         counts[node.op] = counts.get(node.op, 0) + 1
         places.setdefault(node.op, {})[(node.meta.scope, node.meta.source)] = None
     return [MissingOp(op, counts[op], list(places[op])) for op in sorted(counts)]
+
+
+def unsupported_ops_error(missing: Sequence[MissingOp], lowering: str, hint: str,
+                          shown: int = 3) -> UnsupportedOpsError:
+    """One error listing every op in ``missing``, each with its count and first places;
+    ``lowering`` names what they lack (``ONNX lowering (opset 17)``)."""
+    lines = []
+    for op, count, where in missing:
+        lines.append(f"{op}  x{count}")
+        for scope, source in where[:shown]:
+            lines.append(f"    {scope or '<top level>'}" + (f" @ {source}" if source else ""))
+        if len(where) > shown:
+            lines.append(f"    ... and {len(where) - shown} more places")
+    return UnsupportedOpsError(f"{len(missing)} op(s) have no {lowering}: {', '.join(m.op for m in missing)}",
+                               context="\n".join(lines), hint=hint)
 
 
 @dataclass(frozen=True)
@@ -331,4 +346,4 @@ def load_backends() -> None:
 __all__ = ["DEFAULT_BACKEND", "Backend", "Emission", "FileReader", "Intermediates", "LoweringTable",
            "MissingOp", "Option", "Runner", "TensorIO", "backend_names", "backends", "builtin_backends",
            "dist_version", "get_backend", "load_backends", "missing_ops", "register_backend",
-           "unregister_backend"]
+           "unregister_backend", "unsupported_ops_error"]

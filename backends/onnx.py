@@ -77,7 +77,7 @@ from dexport.ir.errors import DexportError, UnsupportedOpsError
 from dexport.ir.graph import Graph, Node, Value
 from dexport.ir.types import ListType, OptionalType, ScalarType, TensorType, Type
 from dexport.backends.base import (Backend, Emission, Intermediates, LoweringTable, MissingOp, Option,
-                                   TensorIO, missing_ops, register_backend)
+                                   TensorIO, missing_ops, register_backend, unsupported_ops_error)
 
 Lowering = Callable[["LoweringContext", Node], list]
 
@@ -113,18 +113,9 @@ def check_support(graph: Graph, table: LoweringTable = LOWERINGS) -> list[Missin
     return missing_ops(graph, table.__contains__)
 
 
-def _unsupported_error(missing, opset: int, shown: int = 3) -> UnsupportedOpsError:
-    lines = []
-    for op, count, where in missing:
-        lines.append(f"{op}  x{count}")
-        for scope, source in where[:shown]:
-            lines.append(f"    {scope or '<top level>'}" + (f" @ {source}" if source else ""))
-        if len(where) > shown:
-            lines.append(f"    ... and {len(where) - shown} more places")
-    ops = ", ".join(op for op, _, _ in missing)
-    return UnsupportedOpsError(
-        f"{len(missing)} op(s) have no ONNX lowering (opset {opset}): {ops}",
-        context="\n".join(lines),
+def _unsupported_error(missing, opset: int) -> UnsupportedOpsError:
+    return unsupported_ops_error(
+        missing, f"ONNX lowering (opset {opset})",
         hint="the 'decompose' pass (in dexport export's default pipeline) rewrites the ops "
              "torch can decompose into lowered ones; for these, replace the op in the model, "
              "or register a lowering with @dexport.backends.onnx.lowering('<op>') returning "

@@ -162,20 +162,15 @@ def _rsqrt(ctx: LoweringContext, node: Node) -> list:
     return [ctx.op("Reciprocal", ctx.op("Sqrt", x))]
 
 
-@lowering("aten::log2")
-def _log2(ctx: LoweringContext, node: Node) -> list:
-    dtype = ctx.out_dtype(node)
-    ln = ctx.op("Log", ctx.input(node, 0, torch.float64))
-    return [ctx.cast(ctx.typed(ctx.op("Div", ln, ctx.constant(math.log(2.0), torch.float64)),
-                               torch.float64), dtype)]
+_LOG_BASES = {"aten::log2": 2.0, "aten::log10": 10.0}
 
 
-@lowering("aten::log10")
-def _log10(ctx: LoweringContext, node: Node) -> list:
+@lowering(*_LOG_BASES)
+def _log_base(ctx: LoweringContext, node: Node) -> list:
     dtype = ctx.out_dtype(node)
     ln = ctx.op("Log", ctx.input(node, 0, torch.float64))
-    return [ctx.cast(ctx.typed(ctx.op("Div", ln, ctx.constant(math.log(10.0), torch.float64)),
-                               torch.float64), dtype)]
+    base = ctx.constant(math.log(_LOG_BASES[node.op]), torch.float64)
+    return [ctx.cast(ctx.typed(ctx.op("Div", ln, base), torch.float64), dtype)]
 
 
 def _expm1(ctx: LoweringContext, x: str, dtype: torch.dtype) -> str:

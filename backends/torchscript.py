@@ -35,9 +35,10 @@ from typing import Sequence
 
 import torch
 
-from dexport.backends.base import Backend, Emission, Intermediates, LoweringTable, TensorIO, register_backend
+from dexport.backends.base import (Backend, Emission, Intermediates, LoweringTable, TensorIO, register_backend,
+                                   unsupported_ops_error)
 from dexport.backends.torchscript_emit import aten_schema, check_overloads, emit_source, identifier
-from dexport.ir.errors import DexportError, UnsupportedOpsError
+from dexport.ir.errors import DexportError
 from dexport.ir.graph import Graph, Value
 from dexport.ir.types import ScalarType, TensorType
 
@@ -99,19 +100,6 @@ def _io(value: Value, name: str, static_ok: bool) -> TensorIO:
                             "with the graph's schemas and capture with example inputs")
 
 
-def _unsupported(missing) -> UnsupportedOpsError:
-    lines = []
-    for op, count, where in missing:
-        lines.append(f"{op}  x{count}")
-        for scope, source in where[:3]:
-            lines.append(f"    {scope or '<top level>'}" + (f" @ {source}" if source else ""))
-    return UnsupportedOpsError(
-        f"{len(missing)} op(s) have no TorchScript lowering: {', '.join(op for op, _, _ in missing)}",
-        context="\n".join(lines),
-        hint="the 'decompose' pass rewrites ops torch can decompose; for the others, replace the op in the "
-             "model or register a lowering with @dexport.backends.torchscript.lowering('<op>')")
-
-
 @contextlib.contextmanager
 def quiet_jit():
     """torch 2.13 deprecates torch.jit.script / save / load; the warning is about torch,
@@ -155,9 +143,9 @@ def compile_source(source: str, buffers: dict[str, torch.Tensor]) -> tuple[bytes
     return model_bytes, collections.Counter({(k, o): n for k, o, n in report["overloads"]})
 
 
-def _detection():
-    from dexport.backends.torchscript_detection import FUNCTIONS, HELPERS
-    return FUNCTIONS, HELPERS
+def load_module(model_bytes: bytes) -> torch.jit.ScriptModule:
+    with quiet_jit():
+        return torch.jit.load(io.BytesIO(model_bytes), map_location="cpu")
 
 
 def build_module(graph: Graph, input_names: Sequence[str], output_names: Sequence[str],
@@ -165,9 +153,12 @@ def build_module(graph: Graph, input_names: Sequence[str], output_names: Sequenc
     """(source, model.pt bytes) for ``graph`` (see ``emit_source``)."""
     missing = TORCHSCRIPT.check_support(graph)
     if missing:
-        raise _unsupported(missing)
-    functions, helpers = _detection()
-    source, buffers, _ = emit_source(graph, table=LOWERINGS, functions=functions, helpers=helpers,
+        raise unsupported_ops_error(
+            missing, "TorchScript lowering",
+            hint="the 'decompose' pass rewrites ops torch can decompose; for the others, replace the op in "
+                 "the model or register a lowering with @dexport.backends.torchscript.lowering('<op>')")
+    from dexport.backends.torchscript_detection import FUNCTIONS, HELPERS
+    source, buffers = emit_source(graph, table=LOWERINGS, functions=FUNCTIONS, helpers=HELPERS,
                                      input_names=input_names, output_names=output_names, expose=expose)
     model_bytes, overloads = compile_source(source, buffers)
     check_overloads(graph, overloads)
@@ -183,8 +174,7 @@ class TorchScriptRunner:
     process-wide, so the previous count is restored after the call)."""
 
     def __init__(self, model_bytes: bytes, output_names: Sequence[str], *, threads: int | None = None):
-        with quiet_jit():
-            self.module = torch.jit.load(io.BytesIO(model_bytes), map_location="cpu")
+        self.module = load_module(model_bytes)
         self.output_names = list(output_names)
         self.threads = threads
 
@@ -227,8 +217,7 @@ class TorchScriptBackend(Backend):
                                  threads=threads)
 
     def describe(self, read, manifest) -> dict:
-        with quiet_jit():
-            module = torch.jit.load(io.BytesIO(read(manifest["model_file"])), map_location="cpu")
+        module = load_module(read(manifest["model_file"]))
         return {"nodes": sum(1 for _ in module.forward.inlined_graph.nodes())}
 
     def run_intermediates(self, graph: Graph, flat_inputs, options) -> Intermediates:
@@ -238,8 +227,7 @@ class TorchScriptBackend(Backend):
         ins = _io_identifiers(graph.inputs, None, "input")
         outs = _io_identifiers(graph.outputs, None, "output")
         _, model_bytes = build_module(graph, ins, outs, expose=exposed)
-        with quiet_jit():
-            module = torch.jit.load(io.BytesIO(model_bytes), map_location="cpu")
+        module = load_module(model_bytes)
         with torch.no_grad():
             result = module(*[torch.as_tensor(x) for x in flat_inputs])
         keys = [f"__v{k}" for k in range(len(exposed))]

@@ -297,11 +297,11 @@ def emit_source(graph: Graph, *, table, functions: dict[str, Callable], helpers:
         if not isinstance(value.type, TensorType):
             text = f"torch.tensor({text})"
         outs.append(f"{name!r}: {text}")
-    body = ctx.lines
-    body_text = "\n".join(body)
+    body_text = "\n".join(ctx.lines)
 
-    sources = []
-    for fn in [*helpers, *(ctx.used_functions[op] for op in sorted(ctx.used_functions))]:
+    sources = []  # the helpers only where a detection function (their only callers) is pasted
+    used = [ctx.used_functions[op] for op in sorted(ctx.used_functions)]
+    for fn in [*(helpers if used else ()), *used]:
         src = textwrap.dedent(inspect.getsource(fn)).rstrip()
         if src not in sources:
             sources.append(src)
@@ -329,7 +329,7 @@ def emit_source(graph: Graph, *, table, functions: dict[str, Callable], helpers:
         }}
 '''
     source = "\n".join(header) + ("\n\n" + funcs + "\n" if funcs else "") + "\n\n" + cls
-    return source, ctx.buffers, ctx
+    return source, ctx.buffers
 
 
 def _is_wrapped_number(value: Value, arg) -> bool:

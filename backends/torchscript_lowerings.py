@@ -4,7 +4,8 @@ and of every ``dexport::*`` op that ``dexport.backends.torchscript_detection`` i
 aten op is emitted generically, as a ``torch.ops.aten.<name>(...)`` call."""
 from __future__ import annotations
 
-from dexport.backends.torchscript import LOWERINGS, lowering
+from dexport.backends.torchscript import lowering
+from dexport.backends.torchscript_detection import FUNCTIONS
 from dexport.backends.torchscript_emit import EmitContext, annotation, literal
 from dexport.ir.graph import Node
 from dexport.ir.types import ListType, OptionalType, ScalarType, TensorType, TupleType
@@ -100,24 +101,18 @@ def _uninitialized(ctx: EmitContext, node: Node):
     return _placeholder(ctx, node.output.type)
 
 
-@lowering("aten::__is__")
-def _is(ctx: EmitContext, node: Node):
-    return f"{ctx.expr(node.inputs[0])} is {ctx.expr(node.inputs[1])}"
+# aten ops that are Python syntax in TorchScript: the source template of each.
+_SYNTAX = {
+    "aten::__is__": "{0} is {1}",
+    "aten::__isnot__": "{0} is not {1}",
+    "aten::__getitem__.t": "{0}[{1}]",
+    "aten::len.t": "len({0})",
+}
 
 
-@lowering("aten::__isnot__")
-def _isnot(ctx: EmitContext, node: Node):
-    return f"{ctx.expr(node.inputs[0])} is not {ctx.expr(node.inputs[1])}"
-
-
-@lowering("aten::__getitem__.t")
-def _getitem(ctx: EmitContext, node: Node):
-    return f"{ctx.expr(node.inputs[0])}[{ctx.expr(node.inputs[1])}]"
-
-
-@lowering("aten::len.t")
-def _len(ctx: EmitContext, node: Node):
-    return f"len({ctx.expr(node.inputs[0])})"
+@lowering(*_SYNTAX)
+def _syntax(ctx: EmitContext, node: Node):
+    return _SYNTAX[node.op].format(*(ctx.expr(v) for v in node.inputs))
 
 
 @lowering("aten::Int.Tensor", "aten::Float.Tensor", "aten::Bool.Tensor")
@@ -194,13 +189,7 @@ def _call_function(ctx: EmitContext, node: Node):
     return f"{fn.__name__}({args})"
 
 
-def _register_detection() -> None:
-    from dexport.backends.torchscript_detection import FUNCTIONS
-    for op in sorted(FUNCTIONS):
-        if op not in LOWERINGS.entries:
-            LOWERINGS.entries[op] = _call_function
-
-
-_register_detection()
+# Every dexport op with a TorchScript function calls it.
+lowering(*sorted(FUNCTIONS))(_call_function)
 
 __all__: list[str] = []
