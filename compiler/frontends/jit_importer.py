@@ -17,6 +17,7 @@ Shared by the frontends that go through TorchScript. What the conversion keeps, 
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Callable
 
 import torch
@@ -40,16 +41,33 @@ _ENUM_CODES = {
 
 
 
+# "body(Sequential).0(Sub).conv(Conv2d).SELF(Conv2d)" -> body, 0, conv (SELF is the method's
+# own module, UNKNOWN_INSTANCE a free function such as F.batch_norm).
+_HIERARCHY_PART = re.compile(r"(?:^|\.)(?!SELF\(|UNKNOWN_INSTANCE\()([A-Za-z0-9_]+)\([^()]*\)")
+
+
+def _plain_constant(obj: Any) -> bool:
+    """A number, string, bool, None, or a list/tuple of them: a module attribute that
+    scripted code may read and the export may freeze."""
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return True
+    return isinstance(obj, (list, tuple)) and all(_plain_constant(x) for x in obj)
+
+
 class JitImporter:
     """Converts one inlined TorchScript graph whose first input is ``root`` (the module
     its ``prim::GetAttr`` chains start from) into an IR graph. ``prefix``: the name of
     the user's model under ``root`` (dropped from scopes and parameter names);
     ``source_of(stack_text)``: the source location to record for a node's Python stack
     (the frontend knows which frames are the user's); ``example_shapes``: whether the
-    graph's int dims are only the example's (a trace) rather than proven."""
+    graph's int dims are only the example's (a trace) rather than proven;
+    ``scripted``: the graph is a whole compiled program (``torch.jit.script``): the
+    module scopes come from its inlined call stacks, and non-tensor module attributes
+    (ints, flags, lists of names, which scripted code reads) become constants rather
+    than an error."""
 
     def __init__(self, root: torch.nn.Module, prefix: str, source_of: Callable[[str], str], *,
-                 example_shapes: bool = True):
+                 example_shapes: bool = True, scripted: bool = False):
         self.root = root
         self.prefix = prefix
         self.source_of = source_of
@@ -62,13 +80,20 @@ class JitImporter:
         self.num_consts = 0
         self.schemas: dict[str, Any] = {}
         self.owned_ops = set(registered_ops())  # structural ops keep their plain names
+        self.scripted = scripted
 
-    def convert(self, jit_graph) -> Graph:
+    def convert(self, jit_graph, bind_inputs: Callable[[Graph], list[Value]] | None = None) -> Graph:
+        """``bind_inputs(graph)``: the IR values that stand for the jit graph's inputs
+        after ``self`` (adding graph inputs and nodes as it likes); default: one graph
+        input each, typed as TorchScript types it."""
         g = self.graph
         jit_inputs = list(jit_graph.inputs())
         self.objects[jit_inputs[0].unique()] = (self.root, "")
-        for v in jit_inputs[1:]:
-            self.values[v.unique()] = g.add_input(ir_type_from_jit(v.type()))
+        bound = (bind_inputs(g) if bind_inputs is not None
+                 else [g.add_input(ir_type_from_jit(v.type())) for v in jit_inputs[1:]])
+        for v, value in zip(jit_inputs[1:], bound):
+            self.values[v.unique()] = value
+        self.first_body_node = next(iter(g.block.nodes), None)  # nodes bind_inputs added
         self._convert_block(jit_graph.block(), g.block)
         self._check_ops()
         return g
@@ -85,9 +110,12 @@ class JitImporter:
         block.set_returns([self.values[v.unique()] for v in jit_block.outputs()])
 
     def _meta(self, node) -> Meta:
-        return Meta(self._scope(node.scopeName()), self.source_of(node.sourceRange()))
+        return Meta(self._scope(node), self.source_of(node.sourceRange()))
 
-    def _scope(self, scope_name: str) -> str:
+    def _scope(self, node) -> str:
+        scope_name = node.scopeName()
+        if self.scripted:  # the inlined call stack names the modules
+            return ".".join(_HIERARCHY_PART.findall(node.getModuleHierarchy()))
         # "__module.model.layer1/__module.model.layer1.0" -> "layer1.0"
         path = scope_name.rsplit("/", 1)[-1]
         path = path[len("__module"):].lstrip(".") if path.startswith("__module") else path
@@ -118,9 +146,13 @@ class JitImporter:
         if isinstance(obj, torch.nn.Module):
             self.objects[out.unique()] = (obj, path)
             return
+        if not isinstance(obj, torch.Tensor) and self.scripted and _plain_constant(obj):
+            self.values[out.unique()] = self._append(
+                block, CONSTANT, [], [ir_type_from_jit(out.type())], {"value": obj}, self._meta(node)).output
+            return
         if not isinstance(obj, torch.Tensor):
             raise CaptureError(f"the trace reads the non-tensor attribute {path!r}",
-                               op="prim::GetAttr", scope=self._scope(node.scopeName()),
+                               op="prim::GetAttr", scope=self._scope(node),
                                hint="keep only parameters, buffers and submodules as module attributes "
                                     "read by forward")
         key = id(obj)
@@ -172,14 +204,14 @@ class JitImporter:
         kind = node.kind()
         if kind == "prim::PythonOp":
             raise CaptureError(f"the model calls the Python function {node.pyname()}, which a trace "
-                               "records as an opaque call", op=kind, scope=self._scope(node.scopeName()),
+                               "records as an opaque call", op=kind, scope=self._scope(node),
                                source=self.source_of(node.sourceRange()),
                                hint="write it with torch ops, or register it as a custom op "
                                     "(torch.library.custom_op) so it becomes one graph node")
         if node.attributeNames():
             raise CaptureError(f"the trace holds {kind} with attributes {node.attributeNames()}, "
                                "which dexport does not convert", op=kind,
-                               scope=self._scope(node.scopeName()),
+                               scope=self._scope(node),
                                source=self.source_of(node.sourceRange()),
                                hint="please report this op with the model that produced it")
         schema = self._schema(node)
@@ -206,7 +238,7 @@ class JitImporter:
         if missing:
             lines = [f"{op}  # {n.meta.scope or '<top level>'} @ {n.meta.source}" for op, n in missing.items()]
             raise CaptureError(
-                f"the trace uses {len(missing)} op(s) that neither torch nor dexport defines",
+                f"the captured graph uses {len(missing)} op(s) that neither torch nor dexport defines",
                 context="\n".join(lines),
                 hint="replace them in the model with ATen ops, or register them "
                      "(torch.library for kernels, dexport.ir.ops.register_op for dexport-owned ops)")
