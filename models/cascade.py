@@ -100,6 +100,7 @@ class CascadeROIHeads(ROIHeads):
                                  ops.DEFAULT_SCALE_CLAMP)
         return logits, deltas, boxes
 
+    @torch.jit.unused  # per-image Instances (training); export scripts ``detect``
     def forward(self, features: dict[str, torch.Tensor], proposals: list[Instances],
                 targets: list[Instances] | None = None):
         """Inference: (list of per-image Instances, {}); training: ([], dict of losses)."""
@@ -131,7 +132,8 @@ class CascadeROIHeads(ROIHeads):
             prob_sum = probs if prob_sum is None else prob_sum + probs
             boxes = clip_boxes_per_row(refined, sizes)
         scores = (prob_sum / self.num_stages)[:, :-1]  # drop background
-        return select_detections(scores, boxes, image, image_sizes.shape[0], self.cfg)
+        return select_detections(scores, boxes, image, image_sizes.shape[0], self.num_classes,
+                                 self.score_thresh, self.nms_thresh, self.detections_per_image)
 
     # ---- training --------------------------------------------------------------------
     @torch.no_grad()

@@ -78,9 +78,9 @@ class MultiScaleAnchorGenerator(AnchorGenerator):
     def __init__(self, sizes: tuple[tuple[float, ...], ...], aspect_ratios: tuple[float, ...],
                  strides: tuple[int, ...], offset: float = 0.0):
         super().__init__(tuple(s[0] for s in sizes), aspect_ratios, strides, offset)
-        for i, level_sizes in enumerate(sizes):
-            cells = torch.cat([self._cell_anchors(s, aspect_ratios) for s in level_sizes])
-            self.register_buffer(f"cell_anchors{i}", cells, persistent=False)
+        self.cell_anchors = torch.stack([
+            torch.cat([self._cell_anchors(s, aspect_ratios) for s in level_sizes])
+            for level_sizes in sizes])
         self.num_anchors = len(sizes[0]) * len(aspect_ratios)
 
 
