@@ -79,14 +79,22 @@ def _check(name: str, cases: list[tuple[tuple[int, int], int]]) -> None:
 
 
 FAST = ["faster_rcnn_tiny", "mask_rcnn_tiny", "keypoint_rcnn_tiny", "retinanet_tiny"]
-HEAVY: list[str] = []
+HEAVY = ["cascade_mask_rcnn_tiny"]
 R50 = [name.replace("_tiny", "_R50_FPN") for name in FAST + HEAVY]
 
 
-@pytest.mark.parametrize("name", FAST)
+@pytest.mark.parametrize("name", FAST + [pytest.param(n, marks=pytest.mark.slow) for n in HEAVY])
 def test_tiny_scripted_equals_eager(name):
-    """Batch 1, 2 and 3, each at another of the three resolutions (the default suite)."""
+    """Batch 1, 2 and 3, each at another of the three resolutions (the default suite for
+    all but the heavy models, which take over 20 s here)."""
     _check(name, [(RESOLUTIONS[i], num) for i, num in enumerate((1, 2, 3))])
+
+
+@pytest.mark.parametrize("name", HEAVY)
+def test_heavy_tiny_models_script(name):
+    """The default suite at least compiles the heavy models' entry point."""
+    scripted = script_batched(_model(name, weights=None))
+    assert hasattr(scripted.model, "forward_batched")
 
 
 @pytest.mark.slow
