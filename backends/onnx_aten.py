@@ -367,10 +367,11 @@ def _pow(ctx: LoweringContext, node: Node) -> list:
     return [ctx.op("Pow", ctx.input(node, 0, dtype), ctx.input(node, 1, dtype))]
 
 
-@lowering("aten::minimum", "aten::maximum", "aten::min.other", "aten::max.other")
+@lowering("aten::minimum", "aten::maximum", "aten::min.other", "aten::max.other",
+          "prim::min.int", "prim::max.int", "prim::min.float", "prim::max.float")
 def _min_max(ctx: LoweringContext, node: Node) -> list:
     dtype = ctx.out_dtype(node)
-    op = "Min" if node.op in ("aten::minimum", "aten::min.other") else "Max"
+    op = "Min" if node.op in ("aten::minimum", "aten::min.other", "prim::min.int", "prim::min.float") else "Max"
     return [ctx.op(op, ctx.input(node, 0, dtype), ctx.input(node, 1, dtype))]
 
 

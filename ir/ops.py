@@ -25,6 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+import operator
+
 import torch
 
 from dexport.ir.errors import DexportError
@@ -214,9 +216,29 @@ for _key in ("str", "int"):
         f"aten::get.default_{_key}": lambda node, d, key, default: (d.get(key, default),),
         f"aten::dict.Dict_{_key}": lambda node, d: (dict(d),),
     })
-# Sizes through the tensor's own shape: torch.ops.aten.size returns plain ints, which
-# on a fake tensor would fix its symbolic dims to numbers (infer-types).
-_GENERIC_LIST_KERNELS["aten::size"] = lambda node, x: (list(x.shape),)
+# Size arithmetic in Python when sizes are symbolic: torch.ops's int overloads return
+# plain ints, which would fix the symbolic dims to numbers (infer-types).
+def _size_arithmetic(name: str, python: Callable) -> Kernel:
+    """Python's operator on symbolic sizes, torch's own op otherwise (which also reads
+    a dtype as its ScalarType code, as TorchScript's `x.dtype == torch.float32` needs)."""
+    ns, base, overload_name = split_op_name(name)
+    torch_op = getattr(getattr(getattr(torch.ops, ns), base), overload_name)
+
+    def kernel(node, *args):
+        if any(isinstance(a, (torch.SymInt, torch.SymFloat, torch.SymBool)) for a in args):
+            return (python(*args),)
+        return (torch_op(*args),)
+    return kernel
+
+
+for _name, _fn in {
+    "aten::add.int": operator.add, "aten::sub.int": operator.sub, "aten::mul.int": operator.mul,
+    "aten::floordiv.int": operator.floordiv, "aten::remainder.int": operator.mod,
+    "aten::lt.int": operator.lt, "aten::le.int": operator.le, "aten::gt.int": operator.gt,
+    "aten::ge.int": operator.ge, "aten::eq.int": operator.eq, "aten::ne.int": operator.ne,
+    "aten::neg.int": operator.neg, "prim::min.int": torch.sym_min, "prim::max.int": torch.sym_max,
+}.items():
+    _GENERIC_LIST_KERNELS[_name] = _size_arithmetic(_name, _fn)
 
 
 def _schema_type_rule(schema) -> TypeRule:

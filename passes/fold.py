@@ -10,9 +10,9 @@ import torch
 from dexport.ir.errors import DexportError
 from dexport.ir.graph import CONSTANT, PARAM, SMALL_TENSOR_NUMEL, Graph, Node, Value
 from dexport.ir.interpreter import evaluate_node
-from dexport.ir.types import TensorType, tensor_type_of
+from dexport.ir.types import BOOL, FLOAT, INT, STR, TensorType, tensor_type_of
 from dexport.passes.base import Pass, register_pass
-from dexport.passes.effects import graph_mutates, has_side_effects, is_random
+from dexport.passes.effects import graph_mutates, has_side_effects, is_random, op_effects
 from dexport.passes.scripted import fold_control_flow
 
 _PLAIN = (bool, int, float, str, type(None), torch.dtype, torch.device, torch.layout, torch.memory_format)
@@ -129,3 +129,50 @@ class FoldConstants(Pass):
                                      node.meta.copy(), before=node).output
         base = next((v.node.attrs["name"] + ".folded" for v in node.inputs if v.node.op == PARAM), "folded")
         return graph.add_param(graph.unique_param_name(base), result, before=node)
+
+
+_SCALAR_TYPES = (bool, int, float, str)
+_SCALAR_IR_TYPES = (INT, FLOAT, BOOL, STR)
+
+
+def fold_scalars(graph: Graph) -> int:
+    """Fold the nodes that compute plain numbers and strings from constants (and from
+    lists of constants built in the graph): ``x.dim() - 2``, ``len(sizes)``,
+    ``min(len(a), len(b))``, comparisons. Safe in a graph that still mutates tensors,
+    as no in-place op can change a number; ``functionalize`` runs it so the loops and
+    branches that scripted code decides by ranks and counts are gone before it looks
+    at writes inside blocks. Returns the number of nodes folded."""
+    folded = []
+    for node in graph.nodes():
+        if (node.op in (CONSTANT, PARAM) or node.blocks or not node.outputs
+                or not all(o.type in _SCALAR_IR_TYPES for o in node.outputs)
+                or has_side_effects(node) or is_random(node)):
+            continue
+        inputs = [_plain_input(v) for v in node.inputs]
+        if any(x is _NOT_PLAIN for x in inputs):
+            continue
+        try:
+            results = evaluate_node(node, inputs)
+        except Exception:  # left for the run time to report
+            continue
+        if len(results) != len(node.outputs) or not all(isinstance(r, _SCALAR_TYPES) for r in results):
+            continue
+        node.replace_all_uses_with([graph.create_node(CONSTANT, [], [o.type], {"value": r}, node.meta.copy(),
+                                                      before=node).output for o, r in zip(node.outputs, results)])
+        folded.append(node)
+    graph.erase_nodes(folded)
+    return len(folded)
+
+
+_NOT_PLAIN = object()
+
+
+def _plain_input(value: Value) -> Any:
+    node = value.node
+    if node is not None and node.op == CONSTANT and _plain(node.attrs["value"]):
+        return node.attrs["value"]
+    if node is not None and node.op == "prim::ListConstruct" and not any(
+            op_effects(u.op).mutates for u in value.users()):
+        items = [_plain_input(v) for v in node.inputs]
+        return _NOT_PLAIN if any(x is _NOT_PLAIN for x in items) else items
+    return _NOT_PLAIN

@@ -37,8 +37,11 @@ from dexport.ir.ops import constant_input, get_op, has_op, overload_of
 from dexport.ir.types import NONE, ListType, TensorType, TupleType, Type
 from dexport.passes.base import Pass, register_pass, register_property
 from dexport.passes.effects import op_effects
-from dexport.passes.scripted import (MAX_UNROLL_TRIPS, fold_control_flow, fold_tuple_indexing, functional_dicts,
-                                     functional_lists)
+from dexport.passes.fold import fold_scalars
+from dexport.passes.infer_types import InferTypes
+from dexport.passes.rewrite import Rewriter
+from dexport.passes.scripted import (MAX_UNROLL_TRIPS, SCRIPTED_RULES, fold_control_flow, fold_tuple_indexing,
+                                     functional_dicts, functional_lists, fold_list_lengths)
 
 # Containers hold references: a list built before a write reads the new values after it.
 _CONTAINERS = frozenset({"prim::ListConstruct", "prim::TupleConstruct"})
@@ -131,8 +134,21 @@ class Functionalize(Pass):
         # index become ListConstructs.
         # Dicts (scripted code's `out = {}; out["boxes"] = b`) likewise, once the tuples
         # that carry them to the outputs are indexed directly.
-        changed = bool(fold_control_flow(graph)) | bool(functional_lists(graph))
-        changed |= bool(fold_tuple_indexing(graph)) | bool(functional_dicts(graph))
+        # Ranks, counts and flags that decide scripted code's loops and branches
+        # (torch.nn.functional's `for i in range(input.dim() - 2)`, a loop over the
+        # length of a list built above) fold too, until nothing more does.
+        # What unrolling brings to the top block was typed for the loop's body (a list
+        # element of unknown rank), and a branch decided by a rank hides the types after
+        # it: while values stay untyped, infer-types runs again and the folding repeats.
+        changed = False
+        rules = Rewriter(SCRIPTED_RULES)
+        for _ in range(_MAX_RETYPES):
+            while (fold_control_flow(graph) + functional_lists(graph) + fold_tuple_indexing(graph)
+                   + functional_dicts(graph) + fold_list_lengths(graph) + rules.apply(graph)
+                   + fold_scalars(graph)):
+                changed = True
+            if not _untyped(graph) or not InferTypes(every_node=True).run(graph):
+                break
         for node in graph.nodes():
             if op_effects(node.op).mutates and node.block is not graph.block:
                 if node.op == "aten::append.t":
@@ -149,6 +165,14 @@ class Functionalize(Pass):
             return changed
         _Walk(graph).run()
         return True
+
+
+_MAX_RETYPES = 4  # infer-types runs between folding rounds (each unrolls one loop nest level)
+
+
+def _untyped(graph: Graph) -> bool:
+    """Whether some tensor has no known dtype (scripted code's values before typing)."""
+    return any(isinstance(o.type, TensorType) and o.type.dtype is None for n in graph.nodes() for o in n.outputs)
 
 
 def _refusal(node: Node, what: str, hint: str) -> PassError:

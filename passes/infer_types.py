@@ -40,13 +40,16 @@ from dexport.ir import dims as dimexpr
 from dexport.ir.errors import PassError
 from dexport.ir.graph import CONSTANT, PARAM, Block, Graph, Node, Value
 from dexport.ir.interpreter import evaluate_node
-from dexport.ir.ops import get_op
+from dexport.ir.ops import get_op, overload_of
 from dexport.ir.types import FLOAT, INT, NONE, ListType, TensorType, Type
 from dexport.ir.verifier import type_conflict
 from dexport.passes.base import Pass, register_pass
 
 _UNKNOWN = object()  # a value propagation knows nothing about (None is a value)
 _UNSET = object()    # the type of prim::Uninitialized in a join: whatever the other side has
+# Ops that put a value into a list or dict (scripted code's `out[name] = x`).
+_CONTAINER_WRITES = frozenset({"aten::append.t", "aten::extend.t", "aten::insert.t", "aten::_set_item.t",
+                               "aten::_set_item.str", "aten::_set_item.int"})
 _MAX_LOOP_WALKS = 6  # walks of a loop body to agree on its carried types
 _FIRST_HINT = 64  # sizes named dims are traced at: big enough for any kernel's size checks
 # Sizes each symbol takes when an expression is read back as text (dexport.ir.dims.fit).
@@ -137,9 +140,9 @@ class _Propagation:
             return None
         # A complete tensor type gives a faithful fake; an int or a list (a size read
         # by a later factory) needs its value, so those nodes always run.
-        if not self.every_node and all(isinstance(out.type, TensorType) and _complete(out.type)
-                                       for out in node.outputs):
-            return None
+        if node.op not in _CONTAINER_WRITES and not self.every_node and all(
+                isinstance(out.type, TensorType) and _complete(out.type) for out in node.outputs):
+            return None  # (container writes run so later reads of the list or dict see the item)
         inputs = [self._fake(v) for v in node.inputs]
         if node.op == "prim::ListConstruct" and node.inputs and all(
                 isinstance(v.type, TensorType) for v in node.inputs):
@@ -147,12 +150,32 @@ class _Propagation:
                 return [inputs]  # the list of fakes, for a reader such as cat
             elem = functools.reduce(_agreement, [self._known_type(v) for v in node.inputs])
             return [_Typed(ListType(elem))]  # what the elements' types say
+        if node.op in ("aten::size", "aten::size.int") and not self.graph.example_shapes \
+                and isinstance(inputs[0], torch.Tensor):
+            # Through the fake's own shape: torch.ops.aten.size returns plain ints, fixing
+            # the symbolic dims to numbers (a traced graph's example sizes may be fixed).
+            shape = list(inputs[0].shape)
+            return [shape] if node.op == "aten::size" else [shape[inputs[1]]]
+        if (node.op == "aten::__getitem__.t" and isinstance(inputs[0], list) and inputs[0]
+                and not isinstance(inputs[1], int) and all(isinstance(t, torch.Tensor) for t in inputs[0])):
+            # An element picked by a loop's counter: what all the elements agree on.
+            return [_Typed(functools.reduce(_agreement, [self._type_of(t) for t in inputs[0]]))]
         if any(x is _UNKNOWN for x in inputs):
             return self._by_type_rule(node)
-        try:
-            results = list(evaluate_node(node, inputs))
-        except Exception:  # a value-dependent kernel or one fake tensors cannot run
-            return self._by_type_rule(node)
+        # A compiled kernel given symbolic sizes may fix them to numbers (aten::pad,
+        # upsample with scale factors, advanced indexing): torch's Python decomposition,
+        # where there is one, goes first.
+        symbolic = _has_symbolic_sizes(inputs)
+        results = _by_decomposition(node, inputs) if symbolic else None
+        if results is None:
+            if symbolic and node.op in _PYTHON_SPELLINGS:
+                return self._by_type_rule(node)  # the spelling failed (an untaken branch's op): so would the kernel
+            try:
+                results = list(evaluate_node(node, inputs))
+            except Exception:  # a value-dependent kernel or one fake tensors cannot run
+                results = _by_decomposition(node, inputs)
+                if results is None:
+                    return self._by_type_rule(node)
         return results if len(results) == len(node.outputs) else None
 
     @staticmethod
@@ -210,6 +233,8 @@ class _Propagation:
     def _loop_counter(self, node: Node) -> Any:
         """The trip number's fake: an unbacked int known to lie in [0, max_trip), so
         that indexing with it (``x[:, i]``) passes the kernels' bounds checks."""
+        if self.graph.example_shapes:
+            return _UNKNOWN  # a traced graph's example sizes are symbols of their own: no bound to give
         trips = self._fake(node.inputs[0])
         if not isinstance(trips, (int, torch.SymInt)):
             return _UNKNOWN
@@ -248,6 +273,8 @@ class _Propagation:
                 fake = self._fake_constant(producer.attrs["value"])
             elif producer is not None and producer.op == PARAM:
                 fake = self.mode.from_tensor(self.graph.params[producer.attrs["name"]], static_shapes=True)
+            elif producer is not None and producer.op == "prim::dtype":
+                fake = _UNKNOWN  # a dtype code, not a size: no symbol stands for it
             else:
                 fake = self._fake_of_type(self._known_type(value))
             self.values[value] = fake
@@ -404,6 +431,67 @@ def _complete(t: Type) -> bool:
     if isinstance(t, TensorType):
         return t.dtype is not None and t.shape is not None and "?" not in t.shape
     return True
+
+
+def _pad(x, pad, mode="constant", value=None):
+    if mode != "constant":
+        raise NotImplementedError(mode)  # the kernel's own error stands
+    import torch._refs
+    return torch._refs.constant_pad_nd(x, pad, 0.0 if value is None else value)
+
+
+def _upsample_vec(name: str):
+    """``upsample_*.vec`` with scale factors through the output-size overload: the
+    compiled kernel would fix the symbolic input sizes to numbers."""
+    def spelled(x, output_size, *rest):
+        scales = rest[-1]
+        if output_size is not None or scales is None:
+            raise NotImplementedError("only scale factors need the spelling")
+        spatial = x.shape[2:]
+        size = [torch.sym_int(d * float(f)) for d, f in zip(spatial, scales)]
+        return getattr(torch.ops.aten, name).default(x, size, *rest[:-1], *scales)
+    return spelled
+
+
+# Ops torch's decomposition table lacks (or decomposes with concrete sizes only) whose
+# compiled kernels fix symbolic sizes.
+_PYTHON_SPELLINGS = {"aten::pad": _pad, **{
+    f"aten::{name}.vec": _upsample_vec(name)
+    for name in ("upsample_nearest1d", "upsample_nearest2d", "upsample_nearest3d", "upsample_linear1d",
+                 "upsample_bilinear2d", "upsample_bicubic2d", "upsample_trilinear3d")}}
+
+
+def _has_symbolic_sizes(inputs: list) -> bool:
+    """Whether any input is, or holds, a symbolic size (a SymInt, or a tensor of symbolic shape)."""
+    def symbolic(x) -> bool:
+        if isinstance(x, torch.SymInt):
+            return True
+        if isinstance(x, torch.Tensor):
+            return any(isinstance(d, torch.SymInt) for d in x.shape)
+        return isinstance(x, (list, tuple)) and any(symbolic(y) for y in x)
+    return any(symbolic(x) for x in inputs)
+
+
+def _by_decomposition(node: Node, inputs: list) -> list | None:
+    """The outputs of torch's decomposition of the op (its Python reference), for ops
+    whose compiled kernel takes only concrete sizes (``constant_pad_nd`` with pads
+    computed from symbolic dims)."""
+    from torch._decomp import decomposition_table
+    try:
+        overload = overload_of(node.op)
+    except Exception:
+        return None
+    decomposition = _PYTHON_SPELLINGS.get(node.op) or decomposition_table.get(overload)
+    if decomposition is None:
+        return None
+    args = overload._schema.arguments
+    positional = [x for a, x in zip(args, inputs) if not a.kwarg_only]
+    keywords = {a.name: x for a, x in zip(args, inputs) if a.kwarg_only}
+    try:
+        out = decomposition(*positional, **keywords)
+    except Exception:
+        return None
+    return list(out) if isinstance(out, (tuple, list)) and len(node.outputs) > 1 else [out]
 
 
 def _agreement(a: Type | None, b: Type | None) -> Type | None:

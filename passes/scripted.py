@@ -20,8 +20,8 @@ from typing import Any
 import torch
 
 from dexport.ir.graph import CONSTANT, Block, Graph, Node, Value, copy_block_before
-from dexport.ir.ops import type_of_constant
-from dexport.ir.types import ANY, INT, NONE, OptionalType, TensorType
+from dexport.ir.ops import get_op, type_of_constant
+from dexport.ir.types import ANY, INT, NONE, OptionalType, TensorType, TupleType
 from dexport.passes.rewrite import Const, Match, Op, Rewriter, Rule, Var
 
 MAX_UNROLL_TRIPS = 8      # a constant loop of more trips stays an ONNX Loop
@@ -39,9 +39,32 @@ def _built_list(value: Value) -> Node | None:
     node = value.node
     if node is None or node.op != "prim::ListConstruct":
         return None
-    if any(user.op not in _LIST_READERS for user in value.users()):
+    if any(not reads_list(user, value) and not _only_extends_with(user, value) for user in value.users()):
         return None
     return node
+
+
+def reads_list(user: Node, value: Value) -> bool:
+    """Whether ``user`` only reads the list ``value``: a list op that does not change
+    it, or a torch op whose schema does not write the argument (ATen takes ``int[]``,
+    ``float[]`` and ``Tensor[]`` arguments by value)."""
+    if user.op in _LIST_READERS:
+        return True
+    try:
+        schema = get_op(user.op).schema
+    except Exception:
+        return False
+    if schema is None:
+        return False
+    args = schema.arguments
+    return all(i < len(args) and (args[i].alias_info is None or not args[i].alias_info.is_write)
+               and not str(args[i].type).startswith("t[]")
+               for i, v in enumerate(user.inputs) if v is value)
+
+
+def _only_extends_with(user: Node, value: Value) -> bool:
+    """``other.extend(value)``: reads ``value`` without changing it."""
+    return user.op == "aten::extend.t" and user.inputs[0] is not value and user.inputs[1] is value
 
 
 # Ops that read a list without changing it (any other user may mutate it).
@@ -101,21 +124,49 @@ def _constant_of(value: Value) -> tuple[bool, Any]:
     return (True, node.attrs.get("value")) if node is not None and node.op == CONSTANT else (False, None)
 
 
-def _built_dict(value: Value) -> dict | None:
-    """key -> value of the ``prim::DictConstruct`` with constant keys that built
-    ``value``, when only readers use it (a dict also written may change)."""
+def _built_dict(value: Value, reader: Node) -> dict | None:
+    """key -> value of the dict ``value`` as ``reader`` sees it: built by a
+    ``prim::DictConstruct`` with constant keys, plus the writes of constant keys in
+    the top block above the reader. None when anything else may have changed it
+    above the reader (a write inside a branch, an unknown key) or it escapes into an
+    op that is neither a reader nor a writer."""
     node = value.node
     if node is None or node.op != "prim::DictConstruct":
-        return None
-    if any(user.op not in _DICT_READERS for user in value.users()):
         return None
     keys = [_constant_of(k) for k in node.inputs[0::2]]
     if not all(known for known, _ in keys):
         return None
-    return dict(zip((k for _, k in keys), node.inputs[1::2]))
+    entries = dict(zip((k for _, k in keys), node.inputs[1::2]))
+    users = value.users()
+    writers = [u for u in users if u.op in _DICT_WRITERS]
+    if any(u.op not in _DICT_READERS and u.op not in _DICT_WRITERS for u in users):
+        return None
+    if not writers:
+        return entries
+    top = node.block
+    if reader.block is not top:
+        return None
+    position = {n: i for i, n in enumerate(top.nodes)}
+    above = []
+    for w in writers:
+        ancestor = w
+        while ancestor.block is not top and isinstance(ancestor.block.owner, Node):
+            ancestor = ancestor.block.owner
+        if ancestor.block is not top:
+            return None
+        if position[ancestor] < position[reader]:
+            known, key = _constant_of(w.inputs[1])
+            if w is not ancestor or not known or w.inputs[0] is not value:
+                return None
+            above.append((position[w], key, w.inputs[2]))
+    for _, key, item in sorted(above, key=lambda t: t[0]):
+        entries[key] = item
+    return entries
 
 
 _DICT_READERS = frozenset({"aten::__getitem__.Dict_str", "aten::__getitem__.Dict_int",
+                           "aten::items.str", "aten::items.int", "aten::keys.str", "aten::keys.int",
+                           "aten::values.str", "aten::values.int",
                            "aten::len.Dict_str", "aten::len.Dict_int",
                            "aten::__contains__.str", "aten::__contains__.int"})
 
@@ -125,13 +176,39 @@ class GetItemOfBuiltDict(ScriptedRule):
     pattern = Op(("aten::__getitem__.Dict_str", "aten::__getitem__.Dict_int"), Var("d"), Const("k"))
 
     def check(self, match: Match) -> str | None:
-        built = _built_dict(match["d"])
+        built = _built_dict(match["d"], match.root)
         if built is None:
-            return "the dict is not built with constant keys, or is written"
+            return "the dict is not built with constant keys, or is written in a branch"
         return None if match["k"] in built else f"no key {match['k']!r} in the dict"
 
     def rewrite(self, match: Match, graph: Graph) -> Value:
-        return _built_dict(match["d"])[match["k"]]
+        return _built_dict(match["d"], match.root)[match["k"]]
+
+
+class ViewOfBuiltDict(ScriptedRule):
+    """``d.items()`` / ``d.keys()`` / ``d.values()`` of a built dict: a list built of
+    them in insertion order (so that ``for k, v in d.items()`` unrolls)."""
+    pattern = Op(("aten::items.str", "aten::items.int", "aten::keys.str", "aten::keys.int",
+                  "aten::values.str", "aten::values.int"), Var("d"))
+
+    def check(self, match: Match) -> str | None:
+        return None if _built_dict(match["d"], match.root) is not None else "the dict is not built with constant keys"
+
+    def rewrite(self, match: Match, graph: Graph) -> Value:
+        root = match.root
+        entries = _built_dict(match["d"], root)
+        keys = [_constant_value(graph, root, k) for k in entries]
+        values = list(entries.values())
+        kind = root.op.split("::")[1].split(".")[0]
+        if kind == "keys":
+            elements = list(keys)
+        elif kind == "values":
+            elements = list(values)
+        else:
+            elements = [graph.create_node("prim::TupleConstruct", [k, v], [TupleType((k.type, v.type))],
+                                          meta=root.meta.copy(), before=root).output for k, v in zip(keys, values)]
+        return graph.create_node("prim::ListConstruct", elements, [root.output.type], meta=root.meta.copy(),
+                                 before=root).output
 
 
 class ContainsOfBuiltDict(ScriptedRule):
@@ -139,10 +216,10 @@ class ContainsOfBuiltDict(ScriptedRule):
     pattern = Op(("aten::__contains__.str", "aten::__contains__.int"), Var("d"), Const("k"))
 
     def check(self, match: Match) -> str | None:
-        return None if _built_dict(match["d"]) is not None else "the dict's keys are not known"
+        return None if _built_dict(match["d"], match.root) is not None else "the dict's keys are not known"
 
     def rewrite(self, match: Match, graph: Graph) -> Value:
-        return _constant_value(graph, match.root, match["k"] in _built_dict(match["d"]))
+        return _constant_value(graph, match.root, match["k"] in _built_dict(match["d"], match.root))
 
 
 class TupleIndexOfBuiltTuple(ScriptedRule):
@@ -364,7 +441,39 @@ def _same_as(value: Value, param: Value) -> bool:
     return False
 
 
-_LIST_WRITERS = frozenset({"aten::append.t", "aten::_set_item.t"})
+_LIST_WRITERS = frozenset({"aten::append.t", "aten::_set_item.t", "aten::extend.t"})
+
+
+_GROWERS = frozenset({"aten::append.t", "aten::extend.t"})
+
+
+def fold_list_lengths(graph: Graph) -> int:
+    """``len(rows)`` in the top block for a list built there by appends, when nothing
+    else changes its length (writes by index, also inside loops, do not): the number
+    of elements built plus the appends above it. This is what decides a loop such as
+    ``for i in range(len(rows) - 2, -1, -1): rows[i] = ...``, which can then be
+    unrolled, after which ``functional_lists`` rewrites the writes."""
+    folded = 0
+    position = {n: i for i, n in enumerate(graph.block.nodes)}
+    for node in [n for n in graph.block.nodes if n.op == "aten::len.t"]:
+        built = node.inputs[0].node
+        if built is None or built.op != "prim::ListConstruct" or built.block is not graph.block:
+            continue
+        users = built.output.users()
+        if any(not reads_list(u, built.output) and u.op != "aten::_set_item.t"
+               and not (u.op in _GROWERS and u.block is graph.block and u.inputs[0] is built.output
+                        and (u.op == "aten::append.t" or _built_list(u.inputs[1]) is not None))
+               for u in users):
+            continue
+        growers = [u for u in users if u.op in _GROWERS]
+        if any(position[u] > position[node] for u in growers):
+            continue  # the length changes after this read: keep it simple, fold only when all are above
+        length = len(built.inputs) + sum(1 if u.op == "aten::append.t" else len(_built_list(u.inputs[1]).inputs)
+                                         for u in growers)
+        node.output.replace_all_uses_with(_constant_value(graph, node, length))
+        node.erase()
+        folded += 1
+    return folded
 
 
 def functional_lists(graph: Graph) -> int:
@@ -393,6 +502,8 @@ def functional_lists(graph: Graph) -> int:
             if node.op in _LIST_WRITERS and node.inputs[0] is built.output:
                 if node.op == "aten::append.t":
                     elements.append(node.inputs[1])
+                elif node.op == "aten::extend.t":
+                    elements.extend(_built_list(node.inputs[1]).inputs)
                 else:
                     index = node.inputs[1].node.attrs["value"]
                     if not -len(elements) <= index < len(elements):
@@ -459,11 +570,13 @@ def _edited_in_top_block(graph: Graph, listed: Value) -> bool:
         if user.block is not graph.block:
             return False
         if user.op in _LIST_WRITERS:
-            if user.inputs[0] is not listed or user.output.uses:
+            if user.inputs[0] is not listed or any(o.uses for o in user.outputs):
                 return False
             if user.op == "aten::_set_item.t" and not _is_int_constant(user.inputs[1]):
                 return False
-        elif user.op not in _LIST_READERS:
+            if user.op == "aten::extend.t" and _built_list(user.inputs[1]) is None:
+                return False
+        elif not reads_list(user, listed):
             return False
     return True
 
@@ -496,17 +609,25 @@ def fold_control_flow(graph: Graph) -> int:
 
 
 def fold_tuple_indexing(graph: Graph) -> int:
-    """``(a, b)[1]`` -> ``b`` everywhere: exact whatever happens to the items later (a
+    """``(a, b)[1]`` -> ``b`` and ``x, y = (a, b)`` -> ``a, b`` everywhere: exact whatever
+    happens to the items later (a
     tuple holds references), and it leaves a dict returned in a tuple read only by
     ``__getitem__`` nodes, which ``functional_dicts`` then rewrites (the tuples left
     unread go, so they do not count as the dict's users)."""
     count = Rewriter((TupleIndexOfBuiltTuple(),)).apply(graph)
+    for unpack in [n for n in graph.nodes() if n.op == "prim::TupleUnpack"]:
+        built = unpack.inputs[0].node
+        if built is not None and built.op == "prim::TupleConstruct" and len(built.inputs) == len(unpack.outputs):
+            unpack.replace_all_uses_with(list(built.inputs))
+            unpack.erase()
+            count += 1
     if count:
         graph.erase_nodes([n for n in graph.nodes() if n.op == "prim::TupleConstruct" and not n.output.uses])
     return count
 
 
 SCRIPTED_RULES: tuple[Rule, ...] = (DtypeOfTyped(), GetItemOfBuiltList(), LenOfBuiltList(), IsNone(),
-                                    GetItemOfBuiltDict(), ContainsOfBuiltDict(), TupleIndexOfBuiltTuple(),
+                                    GetItemOfBuiltDict(), ContainsOfBuiltDict(), ViewOfBuiltDict(),
+                                    TupleIndexOfBuiltTuple(),
                                     IntOfNumToTensor(), IntOfTensorInt(), NarrowAtTensorStart(), DimOfTyped(), DeviceOfTensor(),
                                     UncheckedCastOfKnown(), *CONTROL_FLOW_RULES)

@@ -175,3 +175,21 @@ def _list_item_type(node):
 
 
 register_type_rule("aten::__getitem__.t", _list_item_type)
+
+
+def _index_type(node):
+    """``x[idx]`` with one 1-D index tensor (the form data-dependent selection takes,
+    whose fake kernel cannot bound the index): x's dtype, idx's length, x's other dims."""
+    x, indices = node.inputs[0].type, node.inputs[1]
+    built = indices.node
+    if not isinstance(x, TensorType) or built is None or built.op != "prim::ListConstruct" or len(built.inputs) != 1:
+        return [node.outputs[0].type]
+    index = built.inputs[0].type
+    if not isinstance(index, TensorType) or index.shape is None or len(index.shape) != 1 or x.shape is None:
+        return [TensorType(x.dtype, None)]
+    if index.dtype == torch.bool:  # a mask: the count of its True elements is unknown
+        return [TensorType(x.dtype, ("?", *x.shape[1:]))]
+    return [TensorType(x.dtype, (index.shape[0], *x.shape[1:]))]
+
+
+register_type_rule("aten::index.Tensor", _index_type)
