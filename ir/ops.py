@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+import functools
 import operator
 
 import torch
@@ -218,6 +219,24 @@ for _key in ("str", "int"):
     })
 # Size arithmetic in Python when sizes are symbolic: torch.ops's int overloads return
 # plain ints, which would fix the symbolic dims to numbers (infer-types).
+@functools.lru_cache(maxsize=None)
+def _dtype_codes() -> dict[int, torch.dtype]:
+    """TorchScript's integer ScalarType codes -> dtypes."""
+    dtypes = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int8, torch.int16,
+              torch.int32, torch.int64, torch.uint8, torch.bool, torch.complex64, torch.complex128)
+    return {torch.ops.prim.dtype(torch.empty(0, dtype=d)): d for d in dtypes}
+
+
+def _tensor_from_data(node, data, dtype=None, device=None, requires_grad=False):
+    """``aten::tensor(t[] data, ...)``: torch.ops cannot take a generic list."""
+    if isinstance(dtype, int) and not isinstance(dtype, bool):
+        dtype = _dtype_codes()[dtype]
+    return (torch.tensor(data, dtype=dtype, device=device),)
+
+
+_GENERIC_LIST_KERNELS["aten::tensor"] = _tensor_from_data
+
+
 def _size_arithmetic(name: str, python: Callable) -> Kernel:
     """Python's operator on symbolic sizes, torch's own op otherwise (which also reads
     a dtype as its ScalarType code, as TorchScript's `x.dtype == torch.float32` needs)."""

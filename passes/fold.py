@@ -35,7 +35,7 @@ def _static_numel(value: Value) -> int | None:
 @register_pass
 class FoldConstants(Pass):
     """Evaluates (with the interpreter's kernels) every node whose inputs all come
-    from ``prim::Constant`` / ``prim::Param`` and replaces its outputs: small
+    from ``prim::Constant`` / ``prim::Param`` (or lists built of constants) and replaces its outputs: small
     tensors and plain values by ``prim::Constant``, bigger tensors by new
     parameters. One forward walk folds whole constant chains, since a folded
     node's readers come after it. Never folds side-effecting or random ops,
@@ -86,7 +86,7 @@ class FoldConstants(Pass):
             return False
         for v in node.inputs:
             producer = v.node
-            if producer is None or producer.op not in (CONSTANT, PARAM):
+            if producer is None or (producer.op not in (CONSTANT, PARAM) and _plain_input(v) is _NOT_PLAIN):
                 return False
         for out in node.outputs:
             numel = _static_numel(out)
@@ -95,7 +95,8 @@ class FoldConstants(Pass):
         return not has_side_effects(node) and not is_random(node)
 
     def _fold(self, graph: Graph, node: Node) -> list[Value] | None:
-        inputs = [v.node.attrs["value"] if v.node.op == CONSTANT else graph.params[v.node.attrs["name"]]
+        inputs = [graph.params[v.node.attrs["name"]] if v.node.op == PARAM
+                  else v.node.attrs["value"] if v.node.op == CONSTANT else _plain_input(v)
                   for v in node.inputs]
         try:
             with torch.no_grad():

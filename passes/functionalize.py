@@ -142,13 +142,14 @@ class Functionalize(Pass):
         # it: while values stay untyped, infer-types runs again and the folding repeats.
         changed = False
         rules = Rewriter(SCRIPTED_RULES)
-        for _ in range(_MAX_RETYPES):
+        for round_ in range(_MAX_RETYPES):
+            progressed = False
             while (fold_control_flow(graph) + functional_lists(graph) + fold_tuple_indexing(graph)
                    + functional_dicts(graph) + fold_list_lengths(graph) + rules.apply(graph)
                    + fold_scalars(graph)):
-                changed = True
-            if not _untyped(graph) or not InferTypes(every_node=True).run(graph):
-                break
+                changed = progressed = True
+            if (round_ and not progressed) or not _untyped(graph) or not InferTypes(every_node=True).run(graph):
+                break  # (after a retyping that gave the folds nothing new, another would not either)
         for node in graph.nodes():
             if op_effects(node.op).mutates and node.block is not graph.block:
                 if node.op == "aten::append.t":

@@ -163,12 +163,11 @@ class _Propagation:
         if any(x is _UNKNOWN for x in inputs):
             return self._by_type_rule(node)
         # A compiled kernel given symbolic sizes may fix them to numbers (aten::pad,
-        # upsample with scale factors, advanced indexing): torch's Python decomposition,
-        # where there is one, goes first.
-        symbolic = _has_symbolic_sizes(inputs)
-        results = _by_decomposition(node, inputs) if symbolic else None
+        # upsample with scale factors): those ops go through Python spellings first.
+        spelled = node.op in _PYTHON_SPELLINGS and _has_symbolic_sizes(inputs)
+        results = _by_decomposition(node, inputs) if spelled else None
         if results is None:
-            if symbolic and node.op in _PYTHON_SPELLINGS:
+            if spelled:
                 return self._by_type_rule(node)  # the spelling failed (an untaken branch's op): so would the kernel
             try:
                 results = list(evaluate_node(node, inputs))

@@ -64,10 +64,7 @@ def script(model: torch.nn.Module, example_inputs: Any, *, method: str = "forwar
                                     "code must accept what the eager model accepts") from exc
     jit_graph = scripted._c._get_method(method).graph.copy()
     torch._C._jit_pass_inline(jit_graph)
-    # The lint-like cleanups TorchScript runs before executing a graph: constants
-    # pooled, dead code gone (nothing here changes what the graph computes).
-    torch._C._jit_pass_constant_propagation(jit_graph)
-    torch._C._jit_pass_dce(jit_graph)
+    torch._C._jit_pass_dce(jit_graph)  # (constants are folded by dexport's passes, which keep lists as lists)
 
     def source_of(range_text: str) -> str:
         m = _RANGE_HEAD.search(range_text)
