@@ -132,7 +132,12 @@ def static_instances_class(fields: Mapping[str, type]) -> type:
                            Tuple=__import__("typing").Tuple, **type_names)
     sys.modules[module_name] = module  # results of the scripted module are objects of this class
     exec(compile(source, filename, "exec"), module.__dict__)
-    return module.Instances
+    cls = module.Instances
+    # How dexport's importer names its records: the schemas' "Instances" kind, rebuilt as
+    # the user's class; attributes _<field> are the fields.
+    cls.__dexport_record__ = {"kind": "Instances",
+                              "fields": {"image_size": "image_size", **{f"_{n}": n for n, _ in spec}}}
+    return cls
 
 
 def _class_source(spec: list[tuple[str, str]]) -> str:
