@@ -99,7 +99,10 @@ class StaticizeInstances(Pass):
         elif op == "struct::set" and node.inputs[0] in self.env:
             old = self.env[node.inputs[0]]
             new = _Fields(old.kind, old, old.origin)
-            new[node.attrs["field"]] = _Field(node.inputs[1], _where(node))
+            value = node.inputs[1]
+            # the setter's line, else the line that computed the value
+            source = node.meta.source or (value.node.meta.source if value.node is not None else "")
+            new[node.attrs["field"]] = _Field(value, source or "<unknown line>")
             self.env[node.output] = new
         elif op == "struct::get" and node.inputs[0] in self.env:
             fields = self.env[node.inputs[0]]
@@ -294,19 +297,26 @@ class StaticizeInstances(Pass):
 
     def _outputs(self, graph: Graph) -> None:
         outputs = list(graph.outputs)
-        if not any(v in self.env for v in outputs):
+        if not any(self._holds_record(v) for v in outputs):
             return
         flat: list[Value] = []
         schemas: list[Schema] = []
         for v in outputs:
             schemas.append(self._flatten_output(v, flat))
         graph.set_outputs(flat)
+        for v in outputs:
+            _erase_unused_packing(v)
         old = graph.output_schema
         if old is None:
             graph.output_schema = schemas[0] if len(schemas) == 1 else SequenceSchema("tuple", tuple(schemas))
         else:
             it = iter(schemas)
             graph.output_schema = _replace_leaves(old, it)
+
+    def _holds_record(self, v: Value) -> bool:
+        n = v.node
+        return v in self.env or (n is not None and n.op in ("prim::TupleConstruct", "prim::ListConstruct")
+                                 and any(self._holds_record(x) for x in n.inputs))
 
     def _flatten_output(self, v: Value, flat: list[Value]) -> Schema:
         if v in self.env:
@@ -364,27 +374,27 @@ class StaticizeInstances(Pass):
                 user.replace_input(index, materialized(v))
 
     def _drop_slots(self) -> None:
+        """Remove the record slots of Ifs and loops: first the values returned into
+        them, then the record chains left without a reader, then the slots."""
         by_if: dict[Node, list[int]] = {}
         for n, i in self.dead_if_slots:
             by_if.setdefault(n, []).append(i)
-        for n, indices in by_if.items():
-            for i in sorted(indices, reverse=True):
-                for b in n.blocks:
-                    rets = list(b.returns)
-                    del rets[i]
-                    b.set_returns(rets)
-                n.remove_output(i)
         by_loop: dict[Node, list[int]] = {}
         for n, j in self.dead_loop_slots:
             by_loop.setdefault(n, []).append(j)
+        for n, indices in by_if.items():
+            for b in n.blocks:
+                b.set_returns([v for k, v in enumerate(b.returns) if k not in indices])
         for n, indices in by_loop.items():
             body = n.blocks[0]
+            body.set_returns([v for k, v in enumerate(body.returns) if k - 1 not in indices])
+        self._erase_dead_structs(self.graph.block)
+        for n, indices in by_if.items():
+            for i in sorted(indices, reverse=True):
+                n.remove_output(i)
+        for n, indices in by_loop.items():
             for j in sorted(indices, reverse=True):
-                rets = list(body.returns)
-                del rets[1 + j]
-                body.set_returns(rets)
-                self._erase_dead_structs(body)
-                body.remove_param(1 + j)
+                n.blocks[0].remove_param(1 + j)
                 n.remove_input(2 + j)
                 n.remove_output(j)
 
@@ -410,6 +420,16 @@ def _is_slot_use(user: Node, index: int, if_slots, loop_slots, v: Value) -> bool
     if user.op == "prim::Loop" and index >= 2 and (user, index - 2) in loop_slots:
         return True
     return False
+
+
+def _erase_unused_packing(v: Value) -> None:
+    """Erase the tuple/list packing of a flattened output (and the packings inside it)."""
+    n = v.node
+    if n is not None and n.op in ("prim::TupleConstruct", "prim::ListConstruct") and not v.uses:
+        inputs = list(n.inputs)
+        n.erase()
+        for x in inputs:
+            _erase_unused_packing(x)
 
 
 def _raises(block: Block) -> bool:
