@@ -18,6 +18,7 @@ from dexport.ir.errors import CaptureError
 from dexport.models import postprocess
 from dexport.models.detector import Detector
 from dexport.models.rcnn import GeneralizedRCNN
+from dexport.models.retinanet import RetinaNet
 
 FIELDS = {"pred_boxes": Boxes, "scores": torch.Tensor, "pred_classes": torch.Tensor,
           "pred_masks": torch.Tensor}
@@ -60,9 +61,15 @@ class StandInDetector(Detector):
         return out
 
 
-def _model(masks: bool = True) -> StandInDetector:
+class RetinaNetStandIn(StandInDetector):
+    """The same tensor part under RetinaNet's list API."""
+    forward = RetinaNet.forward
+    training_losses = RetinaNet.training_losses
+
+
+def _model(masks: bool = True, cls=StandInDetector) -> StandInDetector:
     torch.manual_seed(0)
-    return StandInDetector(masks).eval()
+    return cls(masks).eval()
 
 
 def _images(seed: int, sizes) -> list[torch.Tensor]:
@@ -118,6 +125,27 @@ def test_image_without_detections_and_output_size(scripted):
     assert tuple(out[1]["instances"].image_size) == (72, 54)
     assert out[1]["instances"].pred_masks.shape[-2:] == (72, 54)
     _assert_same(out, model(inputs))
+
+
+def test_retinanet_list_api_scripts():
+    model = _model(masks=False, cls=RetinaNetStandIn)
+    script = dexport.scripting_with_instances(model, FIELDS)
+    for sizes in ([(40, 48)], [(24, 40), (48, 32), (40, 40)]):
+        images = _images(11 + len(sizes), sizes)
+        images[-1][:, 20:, 20:] = 255.0
+        inputs = [{"image": im} for im in images]
+        _assert_same(script(inputs), model(inputs))
+    _original_class_everywhere()
+
+
+def test_scripted_detector_refuses_training_mode(scripted):
+    _, script = scripted
+    script.train()
+    try:
+        with pytest.raises(Exception, match="runs inference only"):
+            script([{"image": torch.zeros(3, 8, 8)}])
+    finally:
+        script.eval()
 
 
 def test_class_restored_and_instances_unchanged_in_eager(scripted):

@@ -201,3 +201,12 @@ def test_pass_without_records_changes_nothing():
     text = str(graph)
     assert not get_pass("staticize-instances").run(graph)
     assert str(graph) == text
+
+
+@pytest.mark.parametrize("stage", ["imported", "staticized"])
+def test_ir_text_round_trips(stage):
+    from dexport.ir.parser import parse
+    graph = _import(LoopCarried()) if stage == "imported" else _staticized(LoopCarried())
+    text = str(graph)
+    assert ("struct::set" in text) == (stage == "imported")
+    assert str(parse(text, dict(graph.params))) == text
