@@ -22,7 +22,7 @@ class TracingAdapter(torch.nn.Module):
 
     ``inputs`` is the tuple of positional arguments the model takes (a single
     non-tuple argument is wrapped). ``inference_func(model, *inputs)`` calls the
-    model; the default is ``model(*inputs)``.
+    model, or names the model's method to call; the default is ``model(*inputs)``.
     """
 
     def __init__(self, model: torch.nn.Module, inputs: Any,
@@ -33,6 +33,9 @@ class TracingAdapter(torch.nn.Module):
             inputs = (inputs,)
         self.flattened_inputs, self.inputs_schema = flatten(inputs, "inputs")
         self.flattened_inputs = tuple(self.flattened_inputs)
+        if isinstance(inference_func, str):
+            method = inference_func
+            inference_func = lambda m, *args: getattr(m, method)(*args)  # noqa: E731
         self.inference_func = inference_func or (lambda m, *args: m(*args))
         self.outputs_schema: Schema | None = None
 

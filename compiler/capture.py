@@ -12,7 +12,7 @@ from dexport.frontends.value_dependence import probe_content
 
 
 def capture(model: torch.nn.Module, example_inputs: Any, method: str = "tracing", *,
-            inference_func: Callable[..., Any] | None = None,
+            inference_func: Callable[..., Any] | str | None = None,
             probe_inputs: Sequence[Any] | None = None) -> Graph:
     """Capture ``model`` as a graph with the frontend registered as ``method``
     (``dexport.frontends.frontend_names()``; another name is a CaptureError listing them).
@@ -21,7 +21,9 @@ def capture(model: torch.nn.Module, example_inputs: Any, method: str = "tracing"
     model takes them (dicts, lists, Instances, ...); a single non-tuple value is
     taken as the only argument. The graph's ``input_schema``/``output_schema``
     let ``graph(*inputs)`` take and return the same structures.
-    ``inference_func(model, *inputs)`` calls the model (default ``model(*inputs)``).
+    ``inference_func(model, *inputs)`` calls the model (default ``model(*inputs)``); it
+    may instead be the name of the model's method to call (``"forward_batched"``),
+    which is what a frontend that compiles code (``scripting``) needs.
     ``probe_inputs`` (inputs like the example, at other batch sizes and resolutions)
     turn on differential capture (``dexport.frontends.probes``) for a frontend that
     needs it (``Frontend.needs_probes``): the graph gets symbolic dims and size-derived

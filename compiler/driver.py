@@ -136,7 +136,7 @@ def build_graph(model: torch.nn.Module, example_inputs: tuple, *, method: str = 
             with step(f"capturing by {method}" + (f" (and on {len(probes)} probe batches and a content probe "
                                                   "to find size- and value-dependent code)" if probing else "")):
                 graph = capture(model, batched_inputs(example_inputs), method=method,
-                                inference_func=lambda m, *args: m.forward_batched(*args), probe_inputs=probes)
+                                inference_func="forward_batched", probe_inputs=probes)
             if not pipeline.startswith("fix-batch-dim"):  # a manifest's pipeline already has it
                 pipeline = f"fix-batch-dim{{batch={batch}}}," + pipeline
         else:

@@ -195,6 +195,30 @@ _GENERIC_LIST_KERNELS: dict[str, Kernel] = {
 }
 
 
+def _dict_set_item(node, d, key, value):
+    d[key] = value
+    return ()
+
+
+# The same for dicts (TorchScript's Dict(str, t) and Dict(int, t); overload names
+# as torch spells them: `__getitem__.Dict_str` reads, `_set_item.str` writes).
+for _key in ("str", "int"):
+    _GENERIC_LIST_KERNELS.update({
+        f"aten::__getitem__.Dict_{_key}": lambda node, d, key: (d[key],),
+        f"aten::len.Dict_{_key}": lambda node, d: (len(d),),
+        f"aten::_set_item.{_key}": _dict_set_item,
+        f"aten::keys.{_key}": lambda node, d: (list(d.keys()),),
+        f"aten::values.{_key}": lambda node, d: (list(d.values()),),
+        f"aten::__contains__.{_key}": lambda node, d, key: (key in d,),
+        f"aten::get.{_key}": lambda node, d, key: (d.get(key),),
+        f"aten::get.default_{_key}": lambda node, d, key, default: (d.get(key, default),),
+        f"aten::dict.Dict_{_key}": lambda node, d: (dict(d),),
+    })
+# Sizes through the tensor's own shape: torch.ops.aten.size returns plain ints, which
+# on a fake tensor would fix its symbolic dims to numbers (infer-types).
+_GENERIC_LIST_KERNELS["aten::size"] = lambda node, x: (list(x.shape),)
+
+
 def _schema_type_rule(schema) -> TypeRule:
     types = [ir_type_from_jit(r.type) for r in schema.returns]
     return lambda node: list(types)

@@ -142,10 +142,13 @@ class ResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         x = F.relu(self.stem(x))
         x = F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
-        outputs = {}
-        for name in self.stage_names:
-            x = getattr(self, name)(x)
-            outputs[name] = x
+        outputs: dict[str, torch.Tensor] = {}
+        # The stages are the children after the stem, in order (a loop over names with
+        # getattr would not script).
+        for name, stage in self.named_children():
+            if name != "stem":
+                x = stage(x)
+                outputs[name] = x
         return outputs
 
 
@@ -190,6 +193,8 @@ class FPN(nn.Module):
 
     def __init__(self, bottom_up: ResNet, out_channels: int, top_block: nn.Module | None):
         super().__init__()
+        # Also an instance attribute: scripted code reads no class attributes.
+        self.size_divisibility = FPN.size_divisibility
         self.bottom_up = bottom_up
         self.in_features = list(bottom_up.stage_names)
         self.lateral = nn.ModuleList()
@@ -203,6 +208,7 @@ class FPN(nn.Module):
             self.lateral.append(lateral)
             self.output.append(output)
         self.top_block = top_block
+        self.top_block_input = top_block.in_feature if top_block is not None else ""
         first = int(math.log2(bottom_up.out_strides[self.in_features[0]]))
         extra = top_block.num_levels if top_block is not None else 0
         self.out_features = [f"p{first + i}" for i in range(len(self.in_features) + extra)]
@@ -211,19 +217,23 @@ class FPN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         bottom_up = self.bottom_up(x)
-        # Walk from the coarsest level down, adding the upsampled coarser result.
-        results = []
-        top = None
-        for i in range(len(self.in_features) - 1, -1, -1):
-            lateral = self.lateral[i](bottom_up[self.in_features[i]])
-            if top is not None:
-                lateral = lateral + F.interpolate(top, scale_factor=2.0, mode="nearest")
-            top = lateral
-            results.insert(0, self.output[i](lateral))
+        laterals: list[torch.Tensor] = []
+        for i, lateral in enumerate(self.lateral):
+            laterals.append(lateral(bottom_up[self.in_features[i]]))
+        # Walk from the coarsest level down, adding the upsampled coarser sum.
+        for i in range(len(laterals) - 2, -1, -1):
+            laterals[i] = laterals[i] + F.interpolate(laterals[i + 1], scale_factor=2.0,
+                                                      mode="nearest")
+        results: list[torch.Tensor] = []
+        for i, output in enumerate(self.output):
+            results.append(output(laterals[i]))
         if self.top_block is not None:
-            source = results[-1] if self.top_block.in_feature == "p5" else bottom_up["res5"]
+            source = results[-1] if self.top_block_input == "p5" else bottom_up["res5"]
             results.extend(self.top_block(source))
-        return dict(zip(self.out_features, results))
+        outputs: dict[str, torch.Tensor] = {}
+        for name, result in zip(self.out_features, results):
+            outputs[name] = result
+        return outputs
 
 
 def build_resnet(cfg: BackboneConfig) -> ResNet:

@@ -9,6 +9,10 @@ Per-image work (top-k, NMS, post-processing) is vectorised with a batch index pe
 row: NMS runs on ``image * num_classes + class`` groups, and a per-image top-k keeps
 the rows whose rank among the earlier rows of the same image is below k. Counting
 uses compare-and-sum rather than bincount (ONNX has no bincount).
+
+The helpers also script (``torch.jit.script``): counts such as ``num_groups`` are
+annotated ``int``, which is what they are eagerly and scripted; while tracing they
+are the traced 0-d size tensors ``x.shape[0]`` gives, so a trace keeps them dynamic.
 """
 from __future__ import annotations
 
@@ -17,28 +21,28 @@ import torch.nn.functional as F
 
 __all__ = [
     "group_counts", "rank_in_group", "top_per_image", "clip_boxes_per_row", "rois_of",
-    "pad_to_multiple", "normalize_images",
+    "pad_to_multiple", "normalize_images", "nonempty",
 ]
 
 
-def _one_hot(group: torch.Tensor, num_groups) -> torch.Tensor:
+def _one_hot(group: torch.Tensor, num_groups: int) -> torch.Tensor:
     """b8[L, G]: row r is True at column group[r]."""
     return group.unsqueeze(1) == torch.arange(num_groups, device=group.device).unsqueeze(0)
 
 
-def group_counts(group: torch.Tensor, num_groups) -> torch.Tensor:
+def group_counts(group: torch.Tensor, num_groups: int) -> torch.Tensor:
     """i64[G]: how many entries of ``group`` (i64[L], values in [0, G)) equal each g."""
     return _one_hot(group, num_groups).sum(dim=0)
 
 
-def rank_in_group(group: torch.Tensor, num_groups) -> torch.Tensor:
+def rank_in_group(group: torch.Tensor, num_groups: int) -> torch.Tensor:
     """i64[L]: for each row, the number of earlier rows with the same group."""
     hot = _one_hot(group, num_groups)
     return (hot.cumsum(dim=0) * hot).sum(dim=1) - 1
 
 
 def top_per_image(order: torch.Tensor, image_index: torch.Tensor, k: int,
-                  num_images) -> torch.Tensor:
+                  num_images: int) -> torch.Tensor:
     """Indices from ``order`` (candidates in priority order, e.g. NMS output) keeping at
     most ``k`` per image, grouped by image (image 0 first), priority order within one.
 
@@ -57,6 +61,12 @@ def clip_boxes_per_row(boxes: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor
     sizes = sizes.to(boxes.dtype)
     h, w = sizes[..., 0:1], sizes[..., 1:2]
     return torch.minimum(boxes.clamp(min=0), torch.cat([w, h, w, h], dim=-1))
+
+
+def nonempty(boxes: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
+    """b8[L]: the boxes [L, 4] whose width and height both exceed ``threshold``
+    (``Boxes.nonempty`` on a plain tensor)."""
+    return ((boxes[:, 2] - boxes[:, 0]) > threshold) & ((boxes[:, 3] - boxes[:, 1]) > threshold)
 
 
 def rois_of(boxes: torch.Tensor, image_index: torch.Tensor) -> torch.Tensor:

@@ -76,7 +76,9 @@ class CascadeROIHeads(ROIHeads):
     def __init__(self, cfg: CascadeConfig, channels: int, strides: dict[str, int]):
         super().__init__(cfg.rcnn.roi_heads, channels, strides)
         self.stage_iou_thresholds = cfg.stage_iou_thresholds
-        self.stage_box_weights = cfg.stage_box_weights
+        # A list (indexable by a stage number in TorchScript) of 4-float tuples.
+        self.stage_box_weights = [tuple(float(w) for w in weights)
+                                  for weights in cfg.stage_box_weights]
         heads = self.cfg
         in_dim = channels * heads.box_pooler_resolution ** 2
         self.box_head = nn.ModuleList(
@@ -100,6 +102,7 @@ class CascadeROIHeads(ROIHeads):
                                  ops.DEFAULT_SCALE_CLAMP)
         return logits, deltas, boxes
 
+    @torch.jit.unused  # per-image Instances (training); export scripts ``detect``
     def forward(self, features: dict[str, torch.Tensor], proposals: list[Instances],
                 targets: list[Instances] | None = None):
         """Inference: (list of per-image Instances, {}); training: ([], dict of losses)."""
@@ -116,22 +119,30 @@ class CascadeROIHeads(ROIHeads):
         return [], losses
 
     # ---- inference -------------------------------------------------------------------
-    def box_inference(self, feats, proposals: dict[str, torch.Tensor],
+    def box_inference(self, feats: list[torch.Tensor], proposals: dict[str, torch.Tensor],
                       image_sizes: torch.Tensor) -> dict[str, torch.Tensor]:
         """Run every stage on the previous stage's boxes, clipped to their image; average
         the class probabilities over stages; detect on the last stage's boxes (shared by
-        all classes of a box). All images at once, rows tagged by image index."""
+        all classes of a box). All images at once, rows tagged by image index.
+
+        ``run_stage`` at inference, written as a loop over the stage modules: TorchScript
+        indexes a ModuleList only with a literal."""
         image = proposals["image_index"]
         sizes = image_sizes[image]
         boxes = proposals["boxes"]
-        prob_sum = None
-        for stage in range(self.num_stages):
-            logits, _, refined = self.run_stage(stage, feats, rois_of(boxes, image))
+        prob_sum: torch.Tensor | None = None
+        for stage, (head, predictor) in enumerate(zip(self.box_head, self.box_predictor)):
+            rois = rois_of(boxes, image)
+            logits, deltas = predictor(head(self.box_pooler(feats, rois)))
+            refined = ops.decode_boxes(deltas, rois[:, 1:], self.stage_box_weights[stage],
+                                       ops.DEFAULT_SCALE_CLAMP)
             probs = F.softmax(logits, dim=-1)
             prob_sum = probs if prob_sum is None else prob_sum + probs
             boxes = clip_boxes_per_row(refined, sizes)
+        assert prob_sum is not None  # at least one stage
         scores = (prob_sum / self.num_stages)[:, :-1]  # drop background
-        return select_detections(scores, boxes, image, image_sizes.shape[0], self.cfg)
+        return select_detections(scores, boxes, image, image_sizes.shape[0], self.num_classes,
+                                 self.score_thresh, self.nms_thresh, self.detections_per_image)
 
     # ---- training --------------------------------------------------------------------
     @torch.no_grad()

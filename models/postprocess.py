@@ -21,7 +21,7 @@ from dexport.ir.dialects.detection_io import (
     DETECTION_FIELDS, INSTANCE_FIELD_NAMES, image_index_from_counts, instances_from_fields, sizes_tensor,
 )
 from dexport.ir.dialects.structures import Boxes, Instances
-from dexport.models.batched import clip_boxes_per_row, group_counts
+from dexport.models.batched import clip_boxes_per_row, group_counts, nonempty
 
 __all__ = ["postprocess_detections", "detector_postprocess", "detections_to_instances", "Postprocess"]
 
@@ -42,7 +42,7 @@ def postprocess_detections(detections: dict[str, torch.Tensor], image_sizes: tor
     boxes = torch.stack((b[:, 0] * scale_x, b[:, 1] * scale_y, b[:, 2] * scale_x,
                          b[:, 3] * scale_y), dim=1)
     boxes = clip_boxes_per_row(boxes, out_size)
-    keep = Boxes(boxes).nonempty()
+    keep = nonempty(boxes)
     scale_x, scale_y, out_size = scale_x[keep], scale_y[keep], out_size[keep]
     boxes = boxes[keep]
     out = {}
@@ -60,7 +60,8 @@ def postprocess_detections(detections: dict[str, torch.Tensor], image_sizes: tor
     return out
 
 
-def _paste(probs, boxes, out_size, output_sizes, threshold):
+def _paste(probs: torch.Tensor, boxes: torch.Tensor, out_size: torch.Tensor,
+           output_sizes: torch.Tensor, threshold: float) -> torch.Tensor:
     """Masks on a canvas of the largest output size, False beyond each row's own."""
     masks = ops.paste_masks(probs, boxes, output_sizes.max(dim=0).values, threshold)
     rows = torch.arange(masks.shape[1], device=masks.device).unsqueeze(0) < out_size[:, 0:1]
@@ -128,10 +129,14 @@ class Postprocess(nn.Module):
     def __init__(self, mask_threshold: float = 0.5):
         super().__init__()
         self.mask_threshold = mask_threshold
+        self.fields = list(DETECTION_FIELDS)  # an attribute: TorchScript reads no global tuples
 
     def forward(self, detections: dict[str, torch.Tensor], image_sizes: torch.Tensor,
                 output_sizes: torch.Tensor) -> dict[str, torch.Tensor]:
         out = postprocess_detections(detections, image_sizes, output_sizes, self.mask_threshold)
-        result = {k: out[k] for k in DETECTION_FIELDS if k in out}
+        result: dict[str, torch.Tensor] = {}
+        for k in self.fields:
+            if k in out:
+                result[k] = out[k]
         result["counts"] = group_counts(out["image_index"], image_sizes.shape[0])
         return result

@@ -102,7 +102,7 @@ class GeneralizedRCNN(Detector):
         return self.postprocess(detections, image_sizes,
                                 image_sizes if output_sizes is None else output_sizes)
 
-    def features(self, images: torch.Tensor, image_sizes: torch.Tensor) -> dict:
+    def features(self, images: torch.Tensor, image_sizes: torch.Tensor) -> dict[str, torch.Tensor]:
         """Backbone features of raw images (normalised and padded here)."""
         return self.backbone(normalize_images(images, image_sizes, self.pixel_mean,
                                               self.pixel_std, self.backbone.size_divisibility))

@@ -78,9 +78,9 @@ class MultiScaleAnchorGenerator(AnchorGenerator):
     def __init__(self, sizes: tuple[tuple[float, ...], ...], aspect_ratios: tuple[float, ...],
                  strides: tuple[int, ...], offset: float = 0.0):
         super().__init__(tuple(s[0] for s in sizes), aspect_ratios, strides, offset)
-        for i, level_sizes in enumerate(sizes):
-            cells = torch.cat([self._cell_anchors(s, aspect_ratios) for s in level_sizes])
-            self.register_buffer(f"cell_anchors{i}", cells, persistent=False)
+        self.cell_anchors = torch.stack([
+            torch.cat([self._cell_anchors(s, aspect_ratios) for s in level_sizes])
+            for level_sizes in sizes])
         self.num_anchors = len(sizes[0]) * len(aspect_ratios)
 
 
@@ -145,6 +145,13 @@ class RetinaNet(Detector):
     def __init__(self, cfg: RetinaNetConfig):
         super().__init__(cfg.pixel_mean, cfg.pixel_std)
         self.cfg = cfg
+        # What inference reads, as plain attributes (scripted code cannot read ``cfg``).
+        self.num_classes = cfg.num_classes
+        self.topk_candidates = cfg.topk_candidates
+        self.score_thresh = cfg.score_thresh
+        self.box_weights = tuple(float(w) for w in cfg.box_weights)
+        self.nms_thresh = cfg.nms_thresh
+        self.detections_per_image = cfg.detections_per_image
         self.backbone = build_backbone(cfg.backbone)
         self.in_features = list(cfg.in_features)
         strides = tuple(self.backbone.out_strides[f] for f in self.in_features)
@@ -185,12 +192,13 @@ class RetinaNet(Detector):
         return self.postprocess(detections, image_sizes,
                                 image_sizes if output_sizes is None else output_sizes)
 
-    def head_outputs(self, features: dict[str, torch.Tensor]):
+    def head_outputs(self, features: dict[str, torch.Tensor]
+                     ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
         """Anchors per level, class logits (N, R, K) and deltas (N, R, 4) in anchor order."""
         feats = [features[f] for f in self.in_features]
         anchors = self.anchor_generator(feats)
         logits, deltas = self.head(feats)
-        logits = [_anchor_rows(x, self.cfg.num_classes) for x in logits]
+        logits = [_anchor_rows(x, self.num_classes) for x in logits]
         deltas = [_anchor_rows(x, 4) for x in deltas]
         return anchors, logits, deltas
 
@@ -199,18 +207,20 @@ class RetinaNet(Detector):
         """Every image at once: per level and image, the top-k candidates above the score
         threshold, decode, per-class NMS within each image over all levels, keep the best
         ``detections_per_image`` of each image. Rows are grouped by ``image_index``."""
-        cfg = self.cfg
-        num_classes = cfg.num_classes
+        num_classes = self.num_classes
         num_images = logits[0].shape[0]
-        all_boxes, all_scores, all_classes, all_images = [], [], [], []
+        all_boxes: list[torch.Tensor] = []
+        all_scores: list[torch.Tensor] = []
+        all_classes: list[torch.Tensor] = []
+        all_images: list[torch.Tensor] = []
         for anchors_i, logits_i, deltas_i in zip(anchors, logits, deltas):
             scores = logits_i.flatten(1).sigmoid()  # (anchor, class) pairs, class fastest
-            scores, idx = scores.topk(topk_count(scores.shape[1], cfg.topk_candidates), dim=1)
-            image, j = torch.nonzero(scores > cfg.score_thresh).unbind(1)
+            scores, idx = scores.topk(topk_count(scores.shape[1], self.topk_candidates), dim=1)
+            image, j = torch.nonzero(scores > self.score_thresh).unbind(1)
             scores, idx = scores[image, j], idx[image, j]
             anchor_idx = torch.div(idx, num_classes, rounding_mode="floor")
             all_boxes.append(ops.decode_boxes(deltas_i[image, anchor_idx], anchors_i[anchor_idx],
-                                              cfg.box_weights, ops.DEFAULT_SCALE_CLAMP))
+                                              self.box_weights, ops.DEFAULT_SCALE_CLAMP))
             all_scores.append(scores)
             all_classes.append(idx % num_classes)
             all_images.append(image)
@@ -218,8 +228,8 @@ class RetinaNet(Detector):
         scores = torch.cat(all_scores)
         classes = torch.cat(all_classes)
         image = torch.cat(all_images)
-        keep = ops.batched_nms(boxes, scores, image * num_classes + classes, cfg.nms_thresh)
-        keep = top_per_image(keep, image, cfg.detections_per_image, num_images)
+        keep = ops.batched_nms(boxes, scores, image * num_classes + classes, self.nms_thresh)
+        keep = top_per_image(keep, image, self.detections_per_image, num_images)
         return {"boxes": boxes[keep], "scores": scores[keep], "classes": classes[keep],
                 "image_index": image[keep]}
 

@@ -183,20 +183,21 @@ class KeypointHead(nn.Module):
 
 
 def select_detections(scores: torch.Tensor, boxes: torch.Tensor, image_index: torch.Tensor,
-                      num_images, cfg: ROIHeadsConfig) -> dict[str, torch.Tensor]:
+                      num_images: int, num_classes: int, score_thresh: float,
+                      nms_thresh: float, detections_per_image: int) -> dict[str, torch.Tensor]:
     """Detections of every image: (box, class) pairs scoring above the threshold,
     per-class NMS within each image, the best ``detections_per_image`` of each.
 
     ``scores`` is [R, num_classes] (background dropped); ``boxes`` is [R, num_classes, 4]
     (class-specific) or [R, 4] (shared by all classes); ``image_index`` is i64[R].
     Returns ``boxes``, ``scores``, ``classes``, ``image_index``, grouped by image."""
-    candidates = torch.nonzero(scores > cfg.score_thresh)  # (box index, class) pairs
+    candidates = torch.nonzero(scores > score_thresh)  # (box index, class) pairs
     box_idx, classes = candidates[:, 0], candidates[:, 1]
     boxes = boxes[box_idx, classes] if boxes.dim() == 3 else boxes[box_idx]
     scores = scores[box_idx, classes]
     image = image_index[box_idx]
-    keep = ops.batched_nms(boxes, scores, image * cfg.num_classes + classes, cfg.nms_thresh)
-    keep = top_per_image(keep, image, cfg.detections_per_image, num_images)
+    keep = ops.batched_nms(boxes, scores, image * num_classes + classes, nms_thresh)
+    keep = top_per_image(keep, image, detections_per_image, num_images)
     return {"boxes": boxes[keep], "scores": scores[keep], "classes": classes[keep],
             "image_index": image[keep]}
 
@@ -227,6 +228,13 @@ class ROIHeads(nn.Module):
     def __init__(self, cfg: ROIHeadsConfig, channels: int, strides: dict[str, int]):
         super().__init__()
         self.cfg = cfg
+        # What inference reads, as plain attributes (scripted code cannot read ``cfg``);
+        # the mask / keypoint heads exist only when on (``hasattr`` is static in TorchScript).
+        self.num_classes = cfg.num_classes
+        self.box_weights = tuple(float(w) for w in cfg.box_weights)
+        self.score_thresh = cfg.score_thresh
+        self.nms_thresh = cfg.nms_thresh
+        self.detections_per_image = cfg.detections_per_image
         self.in_features = list(cfg.in_features)
         level_strides = [strides[f] for f in self.in_features]
 
@@ -247,6 +255,7 @@ class ROIHeads(nn.Module):
             self.keypoint_head = KeypointHead(channels, cfg.keypoint_conv_dims,
                                               cfg.num_keypoints)
 
+    @torch.jit.unused  # per-image Instances (training); export scripts ``detect``
     def forward(self, features: dict[str, torch.Tensor], proposals: list[Instances],
                 targets: list[Instances] | None = None):
         """Inference: (list of per-image Instances, {}); training: ([], dict of losses)."""
@@ -279,26 +288,27 @@ class ROIHeads(nn.Module):
         ``classes``, ``image_index``, [``mask_probs``], [``keypoints``])."""
         feats = [features[f] for f in self.in_features]
         detections = self.box_inference(feats, proposals, image_sizes)
-        if self.cfg.mask_on:
+        if hasattr(self, "mask_head"):  # cfg.mask_on
             detections["mask_probs"] = self.mask_inference(feats, detections)
-        if self.cfg.keypoint_on:
+        if hasattr(self, "keypoint_head"):  # cfg.keypoint_on
             detections["keypoints"] = self.keypoint_inference(feats, detections)
         return detections
 
-    def box_inference(self, feats, proposals: dict[str, torch.Tensor],
+    def box_inference(self, feats: list[torch.Tensor], proposals: dict[str, torch.Tensor],
                       image_sizes: torch.Tensor) -> dict[str, torch.Tensor]:
         """Decode per class, clip to each image, then ``select_detections``."""
         image = proposals["image_index"]
         rois = rois_of(proposals["boxes"], image)
         logits, deltas = self.box_predictor(self.box_head(self.box_pooler(feats, rois)))
         scores = F.softmax(logits, dim=-1)[:, :-1]
-        boxes = ops.decode_boxes(deltas, rois[:, 1:], self.cfg.box_weights,
+        boxes = ops.decode_boxes(deltas, rois[:, 1:], self.box_weights,
                                  ops.DEFAULT_SCALE_CLAMP)
-        boxes = clip_boxes_per_row(boxes.reshape(-1, self.cfg.num_classes, 4),
+        boxes = clip_boxes_per_row(boxes.reshape(-1, self.num_classes, 4),
                                    image_sizes[image].unsqueeze(1))
-        return select_detections(scores, boxes, image, image_sizes.shape[0], self.cfg)
+        return select_detections(scores, boxes, image, image_sizes.shape[0], self.num_classes,
+                                 self.score_thresh, self.nms_thresh, self.detections_per_image)
 
-    def mask_inference(self, feats, detections: dict[str, torch.Tensor]) -> torch.Tensor:
+    def mask_inference(self, feats: list[torch.Tensor], detections: dict[str, torch.Tensor]) -> torch.Tensor:
         """n×1×28×28 mask probabilities of each detection's predicted class."""
         rois = rois_of(detections["boxes"], detections["image_index"])
         logits = self.mask_head(self.mask_pooler(feats, rois))
@@ -306,11 +316,11 @@ class ROIHeads(nn.Module):
                         detections["classes"]]
         return picked.sigmoid().unsqueeze(1)
 
-    def keypoint_inference(self, feats, detections: dict[str, torch.Tensor]) -> torch.Tensor:
+    def keypoint_inference(self, feats: list[torch.Tensor], detections: dict[str, torch.Tensor]) -> torch.Tensor:
         """n×K×3 keypoints (x, y, score) of each detection."""
         rois = rois_of(detections["boxes"], detections["image_index"])
         heatmaps = self.keypoint_head(self.keypoint_pooler(feats, rois))
-        return ops.heatmaps_to_keypoints(heatmaps, rois[:, 1:])[..., [0, 1, 3]]
+        return ops.heatmaps_to_keypoints(heatmaps, rois[:, 1:])[:, :, [0, 1, 3]]  # x, y, score
 
     # ---- training --------------------------------------------------------------------
     @torch.no_grad()

@@ -17,7 +17,7 @@ from torch import nn
 
 from dexport.ir.dialects import dexport as ops
 from dexport.ir.dialects.detection_io import sizes_tensor
-from dexport.models.batched import clip_boxes_per_row, top_per_image
+from dexport.models.batched import clip_boxes_per_row, nonempty, top_per_image
 from dexport.ir.dialects.structures import Boxes, ImageList, Instances, pairwise_iou
 from dexport.models.scoping import module_scope
 
@@ -46,8 +46,8 @@ class RPNConfig:
     loss_weight: float = 1.0
 
 
-def topk_count(total, k: int):
-    """min(total, k), kept as a tensor when ``total`` is a traced size."""
+def topk_count(total: int, k: int) -> int:
+    """min(total, k), kept as a tensor when ``total`` is a traced size (a 0-d tensor)."""
     if isinstance(total, torch.Tensor):
         return torch.clamp(total, max=k)
     return min(total, k)
@@ -105,13 +105,12 @@ class AnchorGenerator(nn.Module):
     def __init__(self, sizes: tuple[float, ...], aspect_ratios: tuple[float, ...],
                  strides: tuple[int, ...], offset: float = 0.0):
         super().__init__()
-        self.strides = tuple(strides)
+        self.strides = list(strides)
         self.offset = offset
         self.num_anchors = len(aspect_ratios)
-        for i, size in enumerate(sizes):
-            # Non-persistent: derived from the config, so not part of the weights.
-            self.register_buffer(f"cell_anchors{i}", self._cell_anchors(size, aspect_ratios),
-                                 persistent=False)
+        # [levels, A, 4]. Non-persistent: derived from the config, so not part of the weights.
+        self.register_buffer("cell_anchors", torch.stack(
+            [self._cell_anchors(size, aspect_ratios) for size in sizes]), persistent=False)
 
     @staticmethod
     def _cell_anchors(size: float, aspect_ratios: tuple[float, ...]) -> torch.Tensor:
@@ -123,10 +122,10 @@ class AnchorGenerator(nn.Module):
         return torch.tensor(cells, dtype=torch.float32)
 
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
-        anchors = []
-        for i, (feature, stride) in enumerate(zip(features, self.strides)):
-            cell = getattr(self, f"cell_anchors{i}")
-            h, w = feature.shape[-2:]
+        anchors: list[torch.Tensor] = []
+        for i, feature in enumerate(features):
+            cell, stride = self.cell_anchors[i], self.strides[i]
+            h, w = feature.shape[-2], feature.shape[-1]
             xs = torch.arange(w, dtype=torch.float32, device=cell.device) * stride
             ys = torch.arange(h, dtype=torch.float32, device=cell.device) * stride
             ys, xs = torch.meshgrid(ys + self.offset * stride, xs + self.offset * stride,
@@ -163,11 +162,19 @@ class RPN(nn.Module):
     def __init__(self, cfg: RPNConfig, channels: int, strides: dict[str, int]):
         super().__init__()
         self.cfg = cfg
+        # What inference reads, as plain attributes (scripted code cannot read ``cfg``).
+        self.pre_nms_topk_train, self.pre_nms_topk_test = cfg.pre_nms_topk_train, cfg.pre_nms_topk_test
+        self.post_nms_topk_train = cfg.post_nms_topk_train
+        self.post_nms_topk_test = cfg.post_nms_topk_test
+        self.box_weights = tuple(float(w) for w in cfg.box_weights)
+        self.nms_thresh = cfg.nms_thresh
+        self.min_box_size = cfg.min_box_size
         self.in_features = list(cfg.in_features)
         self.anchor_generator = AnchorGenerator(
             cfg.anchor_sizes, cfg.aspect_ratios, tuple(strides[f] for f in self.in_features))
         self.head = RPNHead(channels, self.anchor_generator.num_anchors)
 
+    @torch.jit.unused  # training (per-image Instances); export scripts ``propose``
     def forward(self, images: ImageList, features: dict[str, torch.Tensor],
                 gt_instances: list[Instances] | None = None):
         anchors, logits, deltas = self.head_outputs(features)
@@ -191,7 +198,8 @@ class RPN(nn.Module):
         anchors, logits, deltas = self.head_outputs(features)
         return self.top_proposals(anchors, logits, deltas, image_sizes)
 
-    def head_outputs(self, features: dict[str, torch.Tensor]):
+    def head_outputs(self, features: dict[str, torch.Tensor]
+                     ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
         """Anchors per level and the head's logits (N, R) and deltas (N, R, 4) in anchor order."""
         feats = [features[f] for f in self.in_features]
         anchors = self.anchor_generator(feats)
@@ -201,21 +209,23 @@ class RPN(nn.Module):
         deltas = [x.unflatten(1, (-1, 4)).permute(0, 3, 4, 1, 2).flatten(1, 3) for x in deltas]
         return anchors, logits, deltas
 
-    def top_proposals(self, anchors, logits, deltas,
+    def top_proposals(self, anchors: list[torch.Tensor], logits: list[torch.Tensor],
+                      deltas: list[torch.Tensor],
                       image_sizes: torch.Tensor) -> dict[str, torch.Tensor]:
         """Top-k per level and image, decode, clip, drop empty boxes, NMS per image and
         level, then the top-k of each image; all images at once (see ``propose``)."""
-        cfg = self.cfg
-        pre_topk = cfg.pre_nms_topk_train if self.training else cfg.pre_nms_topk_test
-        post_topk = cfg.post_nms_topk_train if self.training else cfg.post_nms_topk_test
-        all_boxes, all_scores, all_levels = [], [], []
+        pre_topk = self.pre_nms_topk_train if self.training else self.pre_nms_topk_test
+        post_topk = self.post_nms_topk_train if self.training else self.post_nms_topk_test
+        all_boxes: list[torch.Tensor] = []
+        all_scores: list[torch.Tensor] = []
+        all_levels: list[torch.Tensor] = []
         for level, (anchors_i, logits_i, deltas_i) in enumerate(zip(anchors, logits, deltas)):
             k = topk_count(logits_i.shape[1], pre_topk)
             scores_i, idx = logits_i.topk(k, dim=1)  # (N, k)
             batch_idx = torch.arange(idx.shape[0], device=idx.device).unsqueeze(1)
             boxes_i = ops.decode_boxes(deltas_i[batch_idx, idx].reshape(-1, 4),
                                        anchors_i[idx].reshape(-1, 4),
-                                       cfg.box_weights, ops.DEFAULT_SCALE_CLAMP)
+                                       self.box_weights, ops.DEFAULT_SCALE_CLAMP)
             all_boxes.append(boxes_i.reshape(idx.shape[0], -1, 4))
             all_scores.append(scores_i)
             all_levels.append(torch.full_like(idx, level))
@@ -225,10 +235,10 @@ class RPN(nn.Module):
         boxes = clip_boxes_per_row(torch.cat(all_boxes, dim=1), image_sizes.unsqueeze(1))
         boxes, scores = boxes.flatten(0, 1), scores.flatten()
         image, levels = image.flatten(), torch.cat(all_levels, dim=1).flatten()
-        keep = Boxes(boxes).nonempty(cfg.min_box_size)
+        keep = nonempty(boxes, self.min_box_size)
         boxes, scores, image, levels = boxes[keep], scores[keep], image[keep], levels[keep]
         # Boxes compete only within their own image and level.
-        keep = ops.batched_nms(boxes, scores, image * len(anchors) + levels, cfg.nms_thresh)
+        keep = ops.batched_nms(boxes, scores, image * len(anchors) + levels, self.nms_thresh)
         keep = top_per_image(keep, image, post_topk, num_images)
         return {"boxes": boxes[keep], "scores": scores[keep], "image_index": image[keep]}
 

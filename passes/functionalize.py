@@ -37,7 +37,8 @@ from dexport.ir.ops import constant_input, get_op, has_op, overload_of
 from dexport.ir.types import NONE, ListType, TensorType, TupleType, Type
 from dexport.passes.base import Pass, register_pass, register_property
 from dexport.passes.effects import op_effects
-from dexport.passes.scripted import MAX_UNROLL_TRIPS, functional_lists, fold_control_flow
+from dexport.passes.scripted import (MAX_UNROLL_TRIPS, fold_control_flow, fold_tuple_indexing, functional_dicts,
+                                     functional_lists)
 
 # Containers hold references: a list built before a write reads the new values after it.
 _CONTAINERS = frozenset({"prim::ListConstruct", "prim::TupleConstruct"})
@@ -128,7 +129,10 @@ class Functionalize(Pass):
         # Scripted code's lists: control flow the constants decide goes first (an unrolled
         # loop's appends come to the top block), then lists built by appends or edited by
         # index become ListConstructs.
+        # Dicts (scripted code's `out = {}; out["boxes"] = b`) likewise, once the tuples
+        # that carry them to the outputs are indexed directly.
         changed = bool(fold_control_flow(graph)) | bool(functional_lists(graph))
+        changed |= bool(fold_tuple_indexing(graph)) | bool(functional_dicts(graph))
         for node in graph.nodes():
             if op_effects(node.op).mutates and node.block is not graph.block:
                 if node.op == "aten::append.t":

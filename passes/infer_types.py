@@ -40,6 +40,7 @@ from dexport.ir import dims as dimexpr
 from dexport.ir.errors import PassError
 from dexport.ir.graph import CONSTANT, PARAM, Block, Graph, Node, Value
 from dexport.ir.interpreter import evaluate_node
+from dexport.ir.ops import get_op
 from dexport.ir.types import FLOAT, INT, NONE, ListType, TensorType, Type
 from dexport.ir.verifier import type_conflict
 from dexport.passes.base import Pass, register_pass
@@ -147,12 +148,25 @@ class _Propagation:
             elem = functools.reduce(_agreement, [self._known_type(v) for v in node.inputs])
             return [_Typed(ListType(elem))]  # what the elements' types say
         if any(x is _UNKNOWN for x in inputs):
-            return None
+            return self._by_type_rule(node)
         try:
             results = list(evaluate_node(node, inputs))
-        except Exception:  # a value-dependent kernel or one fake tensors cannot run: types stay
-            return None
+        except Exception:  # a value-dependent kernel or one fake tensors cannot run
+            return self._by_type_rule(node)
         return results if len(results) == len(node.outputs) else None
+
+    @staticmethod
+    def _by_type_rule(node: Node) -> list | None:
+        """What the op's type rule says (``torch.tensor(n)`` of a symbolic n is an i64
+        scalar), where the kernel cannot run."""
+        try:
+            types = get_op(node.op).type_rule(node)
+        except Exception:
+            return None
+        if types is None or len(types) != len(node.outputs):
+            return None
+        return [_Typed(t) if isinstance(t, TensorType) and (t.dtype is not None or t.shape is not None)
+                else _UNKNOWN for t in types]
 
     def _if(self, node: Node) -> list:
         for b in node.blocks:
@@ -168,10 +182,13 @@ class _Propagation:
         body = node.blocks[0]
         carried_in, carried_params = node.inputs[2:], body.params[1:]
         carried = [self._slot_type(v) for v in carried_in]
+        counter = self._loop_counter(node)
         mark = len(self.found)
         for _ in range(_MAX_LOOP_WALKS):
             del self.found[mark:]  # only the last walk's findings hold on every trip
             self._forget(body)
+            if counter is not _UNKNOWN:
+                self.values[body.params[0]] = counter
             for param, typ in zip(carried_params, carried):
                 if typ is not None and typ is not _UNSET:
                     self.inferred[param] = typ
@@ -189,6 +206,20 @@ class _Propagation:
             if typ is not None and isinstance(param.type, (TensorType, ListType)):
                 self.found.append((node, param, typ))
         return [_Typed(t) if t is not None else _UNKNOWN for t in carried]
+
+    def _loop_counter(self, node: Node) -> Any:
+        """The trip number's fake: an unbacked int known to lie in [0, max_trip), so
+        that indexing with it (``x[:, i]``) passes the kernels' bounds checks."""
+        trips = self._fake(node.inputs[0])
+        if not isinstance(trips, (int, torch.SymInt)):
+            return _UNKNOWN
+        counter = self.env.create_unbacked_symint()
+        try:
+            torch._check(counter >= 0)
+            torch._check(counter < trips)
+        except Exception:  # a bound torch cannot record: the counter stays unknown
+            return _UNKNOWN
+        return counter
 
     def _slot_type(self, value: Value):
         """The type ``value`` brings into a join (_UNSET: TorchScript's placeholder for a

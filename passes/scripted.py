@@ -96,6 +96,70 @@ class GetItemOfBuiltList(ScriptedRule):
         return _built_list(match["seq"]).inputs[match["k"]]
 
 
+def _constant_of(value: Value) -> tuple[bool, Any]:
+    node = value.node
+    return (True, node.attrs.get("value")) if node is not None and node.op == CONSTANT else (False, None)
+
+
+def _built_dict(value: Value) -> dict | None:
+    """key -> value of the ``prim::DictConstruct`` with constant keys that built
+    ``value``, when only readers use it (a dict also written may change)."""
+    node = value.node
+    if node is None or node.op != "prim::DictConstruct":
+        return None
+    if any(user.op not in _DICT_READERS for user in value.users()):
+        return None
+    keys = [_constant_of(k) for k in node.inputs[0::2]]
+    if not all(known for known, _ in keys):
+        return None
+    return dict(zip((k for _, k in keys), node.inputs[1::2]))
+
+
+_DICT_READERS = frozenset({"aten::__getitem__.Dict_str", "aten::__getitem__.Dict_int",
+                           "aten::len.Dict_str", "aten::len.Dict_int",
+                           "aten::__contains__.str", "aten::__contains__.int"})
+
+
+class GetItemOfBuiltDict(ScriptedRule):
+    """``{"a": x, "b": y}["a"]``: the value (scripted code's dict outputs)."""
+    pattern = Op(("aten::__getitem__.Dict_str", "aten::__getitem__.Dict_int"), Var("d"), Const("k"))
+
+    def check(self, match: Match) -> str | None:
+        built = _built_dict(match["d"])
+        if built is None:
+            return "the dict is not built with constant keys, or is written"
+        return None if match["k"] in built else f"no key {match['k']!r} in the dict"
+
+    def rewrite(self, match: Match, graph: Graph) -> Value:
+        return _built_dict(match["d"])[match["k"]]
+
+
+class ContainsOfBuiltDict(ScriptedRule):
+    """``"a" in {"a": x}``: a constant."""
+    pattern = Op(("aten::__contains__.str", "aten::__contains__.int"), Var("d"), Const("k"))
+
+    def check(self, match: Match) -> str | None:
+        return None if _built_dict(match["d"]) is not None else "the dict's keys are not known"
+
+    def rewrite(self, match: Match, graph: Graph) -> Value:
+        return _constant_value(graph, match.root, match["k"] in _built_dict(match["d"]))
+
+
+class TupleIndexOfBuiltTuple(ScriptedRule):
+    """``(a, b)[1]`` for a constant index: the item."""
+    pattern = Op("prim::TupleIndex", Var("tup"), Const("i", lambda i: isinstance(i, int)))
+
+    def check(self, match: Match) -> str | None:
+        built = match["tup"].node
+        if built is None or built.op != "prim::TupleConstruct":
+            return "the tuple is not built here"
+        n = len(built.inputs)
+        return None if -n <= match["i"] < n else f"index {match['i']} out of range for {n} items"
+
+    def rewrite(self, match: Match, graph: Graph) -> Value:
+        return match["tup"].node.inputs[match["i"]]
+
+
 class LenOfBuiltList(ScriptedRule):
     pattern = Op("aten::len.t", Var("seq"))
 
@@ -350,6 +414,44 @@ def functional_lists(graph: Graph) -> int:
     return removed
 
 
+_DICT_WRITERS = frozenset({"aten::_set_item.str", "aten::_set_item.int"})
+
+
+def functional_dicts(graph: Graph) -> int:
+    """Dicts that scripted code builds and fills in the top block with constant keys
+    (``out = {}`` then ``out["boxes"] = b``, what an inlined branch leaves) become one
+    ``prim::DictConstruct`` per state read, as ``functional_lists`` does for lists.
+    Returns the number of writes removed."""
+    removed = 0
+    for built in [n for n in graph.block.nodes if n.op == "prim::DictConstruct"]:
+        users = built.output.users()
+        if not any(u.op in _DICT_WRITERS for u in users):
+            continue
+        if any(u.block is not graph.block or (u.op not in _DICT_READERS and u.op not in _DICT_WRITERS)
+               or (u.op in _DICT_WRITERS and (u.inputs[0] is not built.output or not _constant_of(u.inputs[1])[0]))
+               or not all(_constant_of(k)[0] for k in built.inputs[0::2]) for u in users):
+            continue
+        entries = {_constant_of(k)[1]: (k, v) for k, v in zip(built.inputs[0::2], built.inputs[1::2])}
+        current, writes = built.output, []
+        node = built.next
+        while node is not None and node is not graph.block.return_node:
+            if node.op in _DICT_WRITERS and node.inputs[0] is built.output:
+                entries[_constant_of(node.inputs[1])[1]] = (node.inputs[1], node.inputs[2])
+                current = None
+                writes.append(node)
+            elif any(v is built.output for v in node.inputs):
+                if current is None:
+                    current = graph.create_node("prim::DictConstruct", [x for kv in entries.values() for x in kv],
+                                                [built.output.type], meta=node.meta.copy(), before=node).output
+                for i, v in enumerate(node.inputs):
+                    if v is built.output:
+                        node.replace_input(i, current)
+            node = node.next
+        graph.erase_nodes(writes)
+        removed += len(writes)
+    return removed
+
+
 def _edited_in_top_block(graph: Graph, listed: Value) -> bool:
     """Whether every user of ``listed`` is a top-block writer (an append, a set of a
     constant index, its result unused) or a reader that leaves it as it is."""
@@ -393,6 +495,18 @@ def fold_control_flow(graph: Graph) -> int:
     return Rewriter(CONTROL_FLOW_RULES).apply(graph)
 
 
+def fold_tuple_indexing(graph: Graph) -> int:
+    """``(a, b)[1]`` -> ``b`` everywhere: exact whatever happens to the items later (a
+    tuple holds references), and it leaves a dict returned in a tuple read only by
+    ``__getitem__`` nodes, which ``functional_dicts`` then rewrites (the tuples left
+    unread go, so they do not count as the dict's users)."""
+    count = Rewriter((TupleIndexOfBuiltTuple(),)).apply(graph)
+    if count:
+        graph.erase_nodes([n for n in graph.nodes() if n.op == "prim::TupleConstruct" and not n.output.uses])
+    return count
+
+
 SCRIPTED_RULES: tuple[Rule, ...] = (DtypeOfTyped(), GetItemOfBuiltList(), LenOfBuiltList(), IsNone(),
+                                    GetItemOfBuiltDict(), ContainsOfBuiltDict(), TupleIndexOfBuiltTuple(),
                                     IntOfNumToTensor(), IntOfTensorInt(), NarrowAtTensorStart(), DimOfTyped(), DeviceOfTensor(),
                                     UncheckedCastOfKnown(), *CONTROL_FLOW_RULES)

@@ -34,7 +34,7 @@ class Frontend:
 
 
 # Frontends shipped with dexport register themselves when imported, on first use of the registry.
-_FRONTENDS: Registry[Frontend] = Registry(("dexport.frontends.tracing",), error=CaptureError,
+_FRONTENDS: Registry[Frontend] = Registry(("dexport.frontends.tracing", "dexport.frontends.scripting"), error=CaptureError,
                                           unknown="unknown capture method {name!r}")
 
 

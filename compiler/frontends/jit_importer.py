@@ -25,6 +25,7 @@ Shared by the frontends that go through TorchScript. What the conversion keeps, 
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Callable
 
 import torch
@@ -50,16 +51,33 @@ _ENUM_CODES = {
 
 
 
+# "body(Sequential).0(Sub).conv(Conv2d).SELF(Conv2d)" -> body, 0, conv (SELF is the method's
+# own module, UNKNOWN_INSTANCE a free function such as F.batch_norm).
+_HIERARCHY_PART = re.compile(r"(?:^|\.)(?!SELF\(|UNKNOWN_INSTANCE\()([A-Za-z0-9_]+)\([^()]*\)")
+
+
+def _plain_constant(obj: Any) -> bool:
+    """A number, string, bool, None, or a list/tuple of them: a module attribute that
+    scripted code may read and the export may freeze."""
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return True
+    return isinstance(obj, (list, tuple)) and all(_plain_constant(x) for x in obj)
+
+
 class JitImporter:
     """Converts one inlined TorchScript graph whose first input is ``root`` (the module
     its ``prim::GetAttr`` chains start from) into an IR graph. ``prefix``: the name of
     the user's model under ``root`` (dropped from scopes and parameter names);
     ``source_of(stack_text)``: the source location to record for a node's Python stack
     (the frontend knows which frames are the user's); ``example_shapes``: whether the
-    graph's int dims are only the example's (a trace) rather than proven."""
+    graph's int dims are only the example's (a trace) rather than proven;
+    ``scripted``: the graph is a whole compiled program (``torch.jit.script``): the
+    module scopes come from its inlined call stacks, and non-tensor module attributes
+    (ints, flags, lists of names, which scripted code reads) become constants rather
+    than an error."""
 
     def __init__(self, root: torch.nn.Module, prefix: str, source_of: Callable[[str], str], *,
-                 example_shapes: bool = True):
+                 example_shapes: bool = True, scripted: bool = False):
         self.root = root
         self.prefix = prefix
         self.source_of = source_of
@@ -73,13 +91,20 @@ class JitImporter:
         self.schemas: dict[str, Any] = {}
         self.owned_ops = set(registered_ops())  # structural ops keep their plain names
         self.escaped: set[int] = set()              # objects stored into lists, tuples, calls
+        self.scripted = scripted
 
-    def convert(self, jit_graph) -> Graph:
+    def convert(self, jit_graph, bind_inputs: Callable[[Graph], list[Value]] | None = None) -> Graph:
+        """``bind_inputs(graph)``: the IR values that stand for the jit graph's inputs
+        after ``self`` (adding graph inputs and nodes as it likes); default: one graph
+        input each, typed as TorchScript types it."""
         g = self.graph
         jit_inputs = list(jit_graph.inputs())
         self.objects[jit_inputs[0].unique()] = (self.root, "")
-        for v in jit_inputs[1:]:
-            self.values[v.unique()] = g.add_input(ir_type_from_jit(v.type()))
+        bound = (bind_inputs(g) if bind_inputs is not None
+                 else [g.add_input(ir_type_from_jit(v.type())) for v in jit_inputs[1:]])
+        for v, value in zip(jit_inputs[1:], bound):
+            self.values[v.unique()] = value
+        self.first_body_node = next(iter(g.block.nodes), None)  # nodes bind_inputs added
         self._convert_block(jit_graph.block(), g.block)
         self._check_ops()
         return g
@@ -104,9 +129,12 @@ class JitImporter:
         block.set_returns([self.values[v.unique()] for v in returns])
 
     def _meta(self, node) -> Meta:
-        return Meta(self._scope(node.scopeName()), self.source_of(node.sourceRange()))
+        return Meta(self._scope(node), self.source_of(node.sourceRange()))
 
-    def _scope(self, scope_name: str) -> str:
+    def _scope(self, node) -> str:
+        scope_name = node.scopeName()
+        if self.scripted:  # the inlined call stack names the modules
+            return ".".join(_HIERARCHY_PART.findall(node.getModuleHierarchy()))
         # "__module.model.layer1/__module.model.layer1.0" -> "layer1.0"
         path = scope_name.rsplit("/", 1)[-1]
         path = path[len("__module"):].lstrip(".") if path.startswith("__module") else path
@@ -140,15 +168,13 @@ class JitImporter:
         if isinstance(obj, torch.nn.Module):
             self.objects[out.unique()] = (obj, path)
             return
-        if isinstance(obj, (bool, int, float, str, type(None))) and isinstance(parent, torch.jit.ScriptModule):
-            # A scripted module's flag or size (self.training, self.num_classes): the
-            # value it has at export, like a trace would bake it in.
-            self.values[out.unique()] = self._append(block, CONSTANT, [], [type_of_constant(obj)],
-                                                     {"value": obj}, self._meta(node)).output
+        if not isinstance(obj, torch.Tensor) and self.scripted and _plain_constant(obj):
+            self.values[out.unique()] = self._append(
+                block, CONSTANT, [], [ir_type_from_jit(out.type())], {"value": obj}, self._meta(node)).output
             return
         if not isinstance(obj, torch.Tensor):
             raise CaptureError(f"the trace reads the non-tensor attribute {path!r}",
-                               op="prim::GetAttr", scope=self._scope(node.scopeName()),
+                               op="prim::GetAttr", scope=self._scope(node),
                                hint="keep only parameters, buffers and submodules as module attributes "
                                     "read by forward")
         key = id(obj)
@@ -185,14 +211,14 @@ class JitImporter:
         obj, value = node.inputs()
         if obj.unique() in self.objects:
             raise CaptureError(f"the scripted code assigns the module attribute {node.s('name')!r}",
-                               op="prim::SetAttr", scope=self._scope(node.scopeName()),
+                               op="prim::SetAttr", scope=self._scope(node),
                                source=self.source_of(node.sourceRange()),
                                hint="keep module state out of inference (compute it into a local), "
                                     "or move that code into a method decorated @torch.jit.unused")
         if obj.unique() in self.escaped:
             raise CaptureError(f"the scripted code sets {node.s('name')!r} of an object after storing "
                                "it in a list, tuple or call, which dexport cannot follow",
-                               op="prim::SetAttr", scope=self._scope(node.scopeName()),
+                               op="prim::SetAttr", scope=self._scope(node),
                                source=self.source_of(node.sourceRange()),
                                hint="set every field before appending the object to a list")
         self._note_escapes([value])
@@ -217,7 +243,7 @@ class JitImporter:
             if any(t.isSubtypeOf(value_type) for t in types):
                 raise CaptureError("the scripted code tests isinstance() of a value whose type is only "
                                    f"known at run time ({value_type})", op="prim::isinstance",
-                                   scope=self._scope(node.scopeName()),
+                                   scope=self._scope(node),
                                    source=self.source_of(node.sourceRange()),
                                    hint="give the value a static type (annotate it) so the test is decided "
                                         "at export")
@@ -301,14 +327,14 @@ class JitImporter:
         kind = node.kind()
         if kind == "prim::PythonOp":
             raise CaptureError(f"the model calls the Python function {node.pyname()}, which a trace "
-                               "records as an opaque call", op=kind, scope=self._scope(node.scopeName()),
+                               "records as an opaque call", op=kind, scope=self._scope(node),
                                source=self.source_of(node.sourceRange()),
                                hint="write it with torch ops, or register it as a custom op "
                                     "(torch.library.custom_op) so it becomes one graph node")
         if node.attributeNames():
             raise CaptureError(f"the trace holds {kind} with attributes {node.attributeNames()}, "
                                "which dexport does not convert", op=kind,
-                               scope=self._scope(node.scopeName()),
+                               scope=self._scope(node),
                                source=self.source_of(node.sourceRange()),
                                hint="please report this op with the model that produced it")
         schema = self._schema(node)
@@ -321,7 +347,7 @@ class JitImporter:
         mutated = self._outer_objects_set_in(node) if node.blocks() else []
         if mutated and kind not in ("prim::If", "prim::Loop"):
             raise CaptureError(f"{kind} sets fields of an object made outside it", op=kind,
-                               scope=self._scope(node.scopeName()), source=self.source_of(node.sourceRange()),
+                               scope=self._scope(node), source=self.source_of(node.sourceRange()),
                                hint="please report this op with the model that produced it")
         outer = [self.values[o.unique()] for o in mutated]
         if kind == "prim::Loop":   # the objects' records become loop-carried values
@@ -356,7 +382,7 @@ class JitImporter:
         if missing:
             lines = [f"{op}  # {n.meta.scope or '<top level>'} @ {n.meta.source}" for op, n in missing.items()]
             raise CaptureError(
-                f"the trace uses {len(missing)} op(s) that neither torch nor dexport defines",
+                f"the captured graph uses {len(missing)} op(s) that neither torch nor dexport defines",
                 context="\n".join(lines),
                 hint="replace them in the model with ATen ops, or register them "
                      "(torch.library for kernels, dexport.ir.ops.register_op for dexport-owned ops)")

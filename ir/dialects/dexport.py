@@ -696,17 +696,25 @@ for _name, _rule in _TYPE_RULES.items():
 # --------------------------------------------------------------------------- wrappers
 
 
-def _as_i64(t: torch.Tensor, device) -> torch.Tensor:
+def _as_i64(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     if t.dtype == torch.int64 and t.device == device:
         return t  # the usual case: no aten::to in traces
     return t.to(device=device, dtype=torch.int64)
 
 
-def _size_tensor(image_size, device) -> torch.Tensor:
+def _size_tensor(image_size, device: torch.device) -> torch.Tensor:
     """(h, w) as an i64[2] tensor; traced 0-d size tensors stay connected to the trace
-    (plain ints become a constant, which is what they are)."""
+    (plain ints become a constant, which is what they are). Scripted code passes a
+    tensor (an unannotated argument is a Tensor to TorchScript)."""
     if isinstance(image_size, torch.Tensor):
         return _as_i64(image_size, device)
+    else:
+        return _stack_size_parts(image_size, device)
+
+
+@torch.jit.unused
+def _stack_size_parts(image_size, device) -> torch.Tensor:
+    """(h, w) of ints or 0-d tensors as an i64[2] tensor (eager and traced callers)."""
     parts = [
         _as_i64(v if v.dim() == 0 else v.reshape(()), device)
         if isinstance(v, torch.Tensor)
@@ -747,7 +755,7 @@ def roi_align(
 def decode_boxes(
     deltas: torch.Tensor,
     boxes: torch.Tensor,
-    weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0),
+    weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0),
     scale_clamp: float = DEFAULT_SCALE_CLAMP,
 ) -> torch.Tensor:
     """Boxes [N,4k] from (dx,dy,dw,dh) deltas [N,4k] relative to reference boxes [N,4]."""
@@ -757,7 +765,7 @@ def decode_boxes(
 
 
 def encode_boxes(
-    target_boxes: torch.Tensor, boxes: torch.Tensor, weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0)
+    target_boxes: torch.Tensor, boxes: torch.Tensor, weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
 ) -> torch.Tensor:
     """Deltas [N,4] that decode_boxes maps reference ``boxes`` onto ``target_boxes`` with."""
     return torch.ops.dexport.encode_boxes(target_boxes, boxes, [float(w) for w in weights])

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from dexport.ir.ops import node_error, register_op, type_of_constant, unify_types
+from dexport.ir.ops import node_error, register_op, register_type_rule, type_of_constant, unify_types
 from dexport.ir.types import ANY, BOOL, FLOAT, INT, TENSOR, ListType, TensorType, TupleType, tensor_type_of
 
 
@@ -101,6 +101,14 @@ def _constant_type(node):
     return [type_of_constant(value)]
 
 
+def _tuple_index_type(node):
+    t, index = node.inputs[0].type, node.inputs[1]
+    i = index.node.attrs.get("value") if index.node is not None and index.node.op == "prim::Constant" else None
+    if isinstance(t, TupleType) and isinstance(i, int) and -len(t.elems) <= i < len(t.elems):
+        return [t.elems[i]]
+    return [node.outputs[0].type]
+
+
 register_op("prim::Constant", num_inputs=0, num_outputs=1, kernel=_constant_kernel,
             type_rule=_constant_type,
             doc="The constant attrs['value'].")
@@ -118,6 +126,11 @@ register_op("prim::TupleConstruct", num_inputs=None, num_outputs=1,
             doc="A tuple of the inputs.")
 register_op("prim::TupleUnpack", num_inputs=1, num_outputs=None, kernel=_unpack_kernel,
             type_rule=_tuple_unpack_type, doc="The elements of a tuple, one output each.")
+register_op("prim::DictConstruct", num_inputs=None, num_outputs=1,
+            kernel=lambda node, *kv: (dict(zip(kv[0::2], kv[1::2])),),
+            type_rule=lambda node: [ANY], doc="A dict of the inputs (key, value, key, value, ...).")
+register_op("prim::TupleIndex", num_inputs=2, num_outputs=1, kernel=lambda node, t, i: (t[i],),
+            type_rule=_tuple_index_type, doc="Item inputs[1] (an int) of a tuple.")
 register_op("prim::NumToTensor", num_inputs=1, num_outputs=1,
             kernel=lambda node, x: (torch.ops.prim.NumToTensor.Scalar(x),),
             type_rule=_num_to_tensor_type,
@@ -140,3 +153,25 @@ register_op("prim::Loop", num_inputs=None, num_outputs=None, kernel=_loop_kernel
             type_rule=lambda node: [v.type for v in node.inputs[2:]],
             doc="TorchScript loop: inputs (max_trip, cond, carried...); the body takes "
                 "(iter, carried...) and returns (cond, carried...); outputs the final carried.")
+
+
+def _scalar_tensor_rule(default: torch.dtype):
+    """``torch.tensor(number)`` in scripted code: a 0-d tensor of the dtype argument,
+    or the number's default dtype (the fake kernel cannot run on a symbolic number)."""
+    def rule(node):
+        dtype = node.inputs[1].node.attrs.get("value") if len(node.inputs) > 1 and node.inputs[1].node is not None \
+            and node.inputs[1].node.op == "prim::Constant" else None
+        return [TensorType(dtype if isinstance(dtype, torch.dtype) else default, ())]
+    return rule
+
+
+for _overload, _default in (("int", torch.int64), ("float", torch.float32), ("bool", torch.bool)):
+    register_type_rule(f"aten::tensor.{_overload}", _scalar_tensor_rule(_default))
+
+
+def _list_item_type(node):
+    t = node.inputs[0].type
+    return [t.elem if isinstance(t, ListType) else node.outputs[0].type]
+
+
+register_type_rule("aten::__getitem__.t", _list_item_type)

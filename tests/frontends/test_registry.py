@@ -39,7 +39,7 @@ def test_tracing_is_registered_and_needs_probes():
 
 
 def test_unknown_method_lists_the_registered_ones(counting):
-    with pytest.raises(CaptureError, match=r"unknown capture method 'magic'[\s\S]*counting, tracing"):
+    with pytest.raises(CaptureError, match=r"unknown capture method 'magic'[\s\S]*counting, scripting, tracing"):
         dexport.capture(Scale(), (torch.randn(2, 3),), method="magic")
 
 

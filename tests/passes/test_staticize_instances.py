@@ -34,7 +34,7 @@ def _import(model: nn.Module, fields=FIELDS):
     scripted = dexport.scripting_with_instances(model, fields)
     jit_graph = scripted.graph.copy()
     torch._C._jit_pass_inline(jit_graph)
-    return JitImporter(scripted, "", _source_of, example_shapes=False).convert(jit_graph)
+    return JitImporter(scripted, "", _source_of, example_shapes=False, scripted=True).convert(jit_graph)
 
 
 def _staticized(model: nn.Module, fields=FIELDS):
