@@ -81,6 +81,7 @@ def _assert_same(scripted_out, eager_out):
     assert len(scripted_out) == len(eager_out)
     for s, e in zip(scripted_out, eager_out):
         s, e = s["instances"], e["instances"]
+        assert type(e) is Instances  # eager still builds the original class
         assert tuple(s.image_size) == tuple(e.image_size)
         assert len(s) == len(e)
         assert isinstance(s.pred_boxes, Boxes)
@@ -222,3 +223,38 @@ def test_spelled_out_names_match_the_constants():
     assert not postprocess._is_detection_field("image_index")
     for name, key in detection_io.INSTANCE_FIELD_NAMES.items():
         assert detection_io._list_api_name(key) == name
+
+
+# --------------------------------------------------------------------------- zoo detectors
+
+ZOO_FIELDS = {**FIELDS, "pred_keypoints": torch.Tensor}
+
+
+def _score_owner(module):
+    return module.roi_heads if hasattr(module, "roi_heads") else module
+
+
+@pytest.mark.parametrize("name", ["faster_rcnn_tiny", "mask_rcnn_tiny", "keypoint_rcnn_tiny", "retinanet_tiny",
+                                  "cascade_mask_rcnn_tiny"])
+def test_zoo_detector_called_directly(name):
+    from dexport.models import zoo
+    model = zoo.get(name)
+    script = dexport.scripting_with_instances(model, ZOO_FIELDS)
+    _original_class_everywhere()
+    g = torch.Generator().manual_seed(21)
+    with torch.no_grad():
+        for sizes in ([(128, 128)], [(96, 128), (128, 96)], [(112, 112), (128, 100), (64, 80)]):
+            inputs = [{"image": torch.rand(3, h, w, generator=g) * 255} for h, w in sizes]
+            _assert_same(script(inputs), model(inputs))
+        # a score threshold between the two images' best scores: the second has no detection
+        inputs = [{"image": torch.rand(3, 96, 96, generator=g) * 255} for _ in range(2)]
+        best = [float(o["instances"].scores.max()) for o in model(inputs)]
+        order = sorted(range(2), key=lambda i: -best[i])
+        inputs = [inputs[i] for i in order]
+        threshold = (best[order[0]] + best[order[1]]) / 2
+        assert best[order[0]] > best[order[1]]
+        _score_owner(model).score_thresh = threshold
+        _score_owner(script).score_thresh = threshold
+        out = script(inputs)
+        assert len(out[0]["instances"]) > 0 and len(out[1]["instances"]) == 0
+        _assert_same(out, model(inputs))
