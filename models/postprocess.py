@@ -91,8 +91,35 @@ def detections_to_instances(detections: dict[str, torch.Tensor],
     """One Instances per image (size ``image_sizes[i]``, ints or 0-d tensors) from batched
     detections, either raw (rows with an ``image_index``) or post-processed (``counts``;
     mask canvases are cropped to each image's size)."""
+    if torch.jit.is_scripting():
+        return _instances_scripted(detections, image_sizes)
     return [instances_from_fields(f, size)
             for f, size in zip(_split_per_image(detections, image_sizes), image_sizes)]
+
+
+def _instances_scripted(detections: dict[str, torch.Tensor],
+                        image_sizes: list[tuple[int, int]]) -> list[Instances]:
+    """:func:`detections_to_instances` of post-processed detections under TorchScript.
+    Each field is named by a literal, not found by iterating the dict, so that in the
+    graph the names are constants and ``staticize-instances`` sees which fields are set
+    (the batched format's optional fields are tested with constant keys)."""
+    if "counts" not in detections:
+        raise RuntimeError("scripted detections_to_instances takes post-processed detections (with counts)")
+    image = image_index_from_counts(detections["counts"], detections["scores"].shape[0])
+    results: list[Instances] = []
+    for i, (h, w) in enumerate(image_sizes):
+        rows = image == i
+        instances = Instances((h, w))
+        instances.set("pred_boxes", Boxes(detections["boxes"][rows]))
+        instances.set("scores", detections["scores"][rows])
+        instances.set("pred_classes", detections["classes"][rows])
+        if "masks" in detections:
+            instances.set("pred_masks", detections["masks"][rows][..., :h, :w])
+        if "keypoints" in detections:
+            instances.set("pred_keypoints", detections["keypoints"][rows])
+        results.append(instances)
+    return results
+
 
 
 def _is_detection_field(key: str) -> bool:

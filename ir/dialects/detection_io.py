@@ -116,9 +116,16 @@ def _stack_inputs_scripted(batched_inputs: list[dict[str, torch.Tensor]], device
     for x, (h, w) in zip(batched_inputs, sizes):
         out_sizes.append((int(x["height"]) if "height" in x else h,
                           int(x["width"]) if "width" in x else w))
-    image_sizes = torch.tensor([[h, w] for h, w in sizes], dtype=torch.int64, device=device)
-    output_sizes = torch.tensor([[h, w] for h, w in out_sizes], dtype=torch.int64, device=device)
-    return torch.stack(padded), image_sizes, output_sizes, SizePairs(sizes, out_sizes)
+    return (torch.stack(padded), _pairs_tensor(sizes, device), _pairs_tensor(out_sizes, device),
+            SizePairs(sizes, out_sizes))
+
+
+def _pairs_tensor(pairs: list[tuple[int, int]], device: Device) -> torch.Tensor:
+    """i64[N, 2] of int pairs, from 0-d tensors (torch.tensor of a list is a generic op
+    dexport's interpreter cannot call)."""
+    return torch.stack([torch.stack([torch.tensor(h, dtype=torch.int64, device=device),
+                                     torch.tensor(w, dtype=torch.int64, device=device)])
+                        for h, w in pairs])
 
 
 def split_outputs(outputs: dict[str, torch.Tensor], output_sizes=None) -> list[dict]:
@@ -157,10 +164,17 @@ def split_outputs(outputs: dict[str, torch.Tensor], output_sizes=None) -> list[d
 
 def _list_api_name(key: str) -> str:
     """The Instances field name of a batched detection field (INSTANCE_FIELD_NAMES the
-    other way, plus the pasted "masks"; spelled out, as TorchScript reads no global dict)."""
-    names = {"boxes": "pred_boxes", "classes": "pred_classes", "mask_probs": "pred_masks",
-             "keypoints": "pred_keypoints", "masks": "pred_masks"}
-    return names.get(key, key)
+    other way, plus the pasted "masks"; spelled out, as TorchScript reads no global dict,
+    and as comparisons that a graph folds when the key is a constant)."""
+    if key == "boxes":
+        return "pred_boxes"
+    if key == "classes":
+        return "pred_classes"
+    if key == "mask_probs" or key == "masks":
+        return "pred_masks"
+    if key == "keypoints":
+        return "pred_keypoints"
+    return key
 
 
 def instances_from_fields(fields: dict[str, torch.Tensor], image_size: tuple[int, int]) -> Instances:

@@ -210,3 +210,24 @@ def test_ir_text_round_trips(stage):
     text = str(graph)
     assert ("struct::set" in text) == (stage == "imported")
     assert str(parse(text, dict(graph.params))) == text
+
+
+class OverLiteralNames(nn.Module):
+    """A loop over a literal list of names (as the zoo's Postprocess builds its dict)."""
+
+    def forward(self, x: torch.Tensor):
+        total = torch.zeros(())
+        for name in ["a", "bb", "ccc"]:
+            total = total + x.sum() * len(name)
+        return total
+
+
+def test_canonicalize_unrolls_a_loop_over_a_literal_list():
+    # torch's generic list kernels (len.t, __getitem__.t) cannot run from Python, so it is
+    # canonicalize that reads them off the constant list; the loop is then unrolled.
+    graph = _import(OverLiteralNames())
+    assert graph.find_nodes("prim::Loop")
+    PassManager("canonicalize,dce").run(graph)
+    assert not graph.find_nodes("prim::Loop") and not graph.find_nodes("aten::__getitem__.t")
+    x = torch.randn(3, generator=torch.Generator().manual_seed(9))
+    torch.testing.assert_close(interpreter.run(graph, [x])[0], OverLiteralNames()(x))
