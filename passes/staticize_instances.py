@@ -92,7 +92,9 @@ class StaticizeInstances(Pass):
 
     def _visit(self, node: Node) -> Node | None:
         op = node.op
-        if op == "struct::construct":
+        if op == "struct::construct" and node.output in self.env:
+            pass  # a record the pass knows by its fields already (_record_key)
+        elif op == "struct::construct":
             self.env[node.output] = _Fields(node.attrs["kind"],
                                             ((f, _Field(v, _where(node))) for f, v in
                                              zip(node.attrs["fields"], node.inputs)), node)
@@ -229,6 +231,10 @@ class StaticizeInstances(Pass):
             for b in node.blocks:
                 if all(b is not lb for lb, _ in live):  # a raising path: any value of the type
                     b.set_returns(list(b.returns) + [self._placeholder(b, out.type, node)])
+            if all(v in self.env for v in values):
+                # a record in a record (Boxes in Instances): its fields leave the If too
+                self.env[out] = self._merge_if(node, [(b, v) for (b, _), v in zip(live, values)])
+                self.dead_if_slots.append((node, out.index))
             merged[name] = _Field(out, _where(node))
         return merged
 
@@ -241,7 +247,7 @@ class StaticizeInstances(Pass):
         for (b, _), f, none in zip(live, fields, nones):
             branch = "then" if b is node.blocks[0] else "else"
             where = _first_source(b) or _where(node)
-            state = f"leaves it unset" if none else f"sets it at {f.source}"
+            state = "leaves it unset" if none else f"sets it at {f.source}"
             paths.append(f"the {branch} branch (from {where}) {state}")
         return PassError(f"the {kind} field {name!r} is set on one path and not on the other: "
                          + "; ".join(paths), op="prim::If", scope=node.meta.scope, source=node.meta.source,
@@ -256,42 +262,85 @@ class StaticizeInstances(Pass):
             if init not in self.env:
                 continue
             fields = self.env[init]
-            present = [n for n, f in fields.items() if self._noneness(f.value) is not True]
-            param = body.params[1 + j]
-            inner = _Fields(fields.kind, fields, fields.origin)
-            new_params = {}
-            for name in present:
-                node.add_input(fields[name].value)
-                p = body.add_param(fields[name].value.type)
-                new_params[name] = p
-                inner[name] = _Field(p, _where(node))
-            self.env[param] = inner
-            plans.append((j, fields, present, new_params))
+            leaves: list[Value] = []
+            self.env[body.params[1 + j]] = self._carry_in(node, body, fields, leaves)
+            plans.append((j, fields, len(leaves)))
         self._walk(body)
-        for j, fields, present, new_params in plans:
+        for j, fields, _ in plans:
             end = body.returns[1 + j]
             if end not in self.env:
                 raise PassError(f"a loop carries a {fields.kind} record in but not out", op="prim::Loop",
                                 scope=node.meta.scope, source=node.meta.source,
                                 hint="keep the loop variable a record on every trip")
-            end_fields = self.env[end]
-            for name, f in end_fields.items():
-                set_in_body = self._noneness(f.value) is not True
-                if set_in_body != (name in present):
-                    before = "set" if name in present else "unset"
-                    raise PassError(
-                        f"the {fields.kind} field {name!r} is {before} before the loop (at "
-                        f"{fields[name].source if name in fields else '?'}) and "
-                        f"{'set' if set_in_body else 'unset'} after a trip (at {f.source}): its presence "
-                        "depends on the number of trips", op="prim::Loop", scope=node.meta.scope,
-                        source=node.meta.source,
-                        hint=f"set {name!r} before the loop, so every trip sees the same fields")
-            body.set_returns(list(body.returns) + [end_fields[name].value for name in present])
-            out_fields = _Fields(fields.kind, fields, fields.origin)
-            for name in present:
-                out_fields[name] = _Field(node.add_output(new_params[name].type), _where(node))
-            self.env[node.outputs[j]] = out_fields
+            returns: list[Value] = []
+            self._carry_back(node, fields, self.env[end], returns)
+            body.set_returns(list(body.returns) + returns)
+        for j, fields, _ in plans:
+            self.env[node.outputs[j]] = self._carry_out(node, fields)
             self.dead_loop_slots.append((node, j))
+
+    def _present(self, fields: _Fields) -> list[str]:
+        return [n for n, f in fields.items() if self._noneness(f.value) is not True]
+
+    def _carry_in(self, node: Node, body: Block, fields: _Fields, leaves: list[Value]) -> _Fields:
+        """The record's fields inside the loop body: each present field a new carried
+        value (a record in the record: its own fields, recursively)."""
+        inner = _Fields(fields.kind, fields, fields.origin)
+        for name in self._present(fields):
+            value = fields[name].value
+            if value in self.env:
+                inner[name] = _Field(self._record_key(self._carry_in(node, body, self.env[value], leaves),
+                                                      before=body._head.next), _where(node))
+            else:
+                node.add_input(value)
+                inner[name] = _Field(body.add_param(value.type), _where(node))
+                leaves.append(value)
+        return inner
+
+    def _carry_back(self, node: Node, init: _Fields, end: _Fields, returns: list[Value]) -> None:
+        """The body's returns for the carried fields; a field whose presence changes on a
+        trip is an error."""
+        present = self._present(init)
+        for name, f in end.items():
+            set_in_body = self._noneness(f.value) is not True
+            if set_in_body != (name in present):
+                before = "set" if name in present else "unset"
+                raise PassError(
+                    f"the {init.kind} field {name!r} is {before} before the loop (at "
+                    f"{init[name].source if name in init else '?'}) and "
+                    f"{'set' if set_in_body else 'unset'} after a trip (at {f.source}): its presence "
+                    "depends on the number of trips", op="prim::Loop", scope=node.meta.scope,
+                    source=node.meta.source,
+                    hint=f"set {name!r} before the loop, so every trip sees the same fields")
+        for name in present:
+            value = end[name].value
+            if init[name].value in self.env:
+                if value not in self.env:
+                    raise PassError(f"the {init.kind} field {name!r} holds a record before the loop and "
+                                    f"{value.type} after a trip", op="prim::Loop", scope=node.meta.scope,
+                                    source=node.meta.source, hint="keep the field's type on every trip")
+                self._carry_back(node, self.env[init[name].value], self.env[value], returns)
+            else:
+                returns.append(value)
+
+    def _carry_out(self, node: Node, init: _Fields) -> _Fields:
+        """The record after the loop: its present fields are new loop outputs."""
+        out = _Fields(init.kind, init, init.origin)
+        for name in self._present(init):
+            value = init[name].value
+            if value in self.env:
+                out[name] = _Field(self._record_key(self._carry_out(node, self.env[value]), before=node.next),
+                                   _where(node))
+            else:
+                out[name] = _Field(node.add_output(value.type), _where(node))
+        return out
+
+    def _record_key(self, fields: _Fields, before: Node) -> Value:
+        """A value standing for a record known only by its fields (erased once unused)."""
+        key = self.graph.create_node("struct::construct", [], [RecordType(fields.kind, ())],
+                                     {"kind": fields.kind, "fields": []}, before=before).output
+        self.env[key] = fields
+        return key
 
     # ----------------------------------------------------------------- outputs and leftovers
 

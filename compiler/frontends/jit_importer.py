@@ -91,6 +91,9 @@ class JitImporter:
         self.schemas: dict[str, Any] = {}
         self.owned_ops = set(registered_ops())  # structural ops keep their plain names
         self.escaped: set[int] = set()              # objects stored into lists, tuples, calls
+        # An object read from another's attribute (inst.pred_boxes) or refined from an
+        # Optional: (the object it was read from, attribute name or None for "the same").
+        self.alias_of: dict[int, tuple[Any, str | None]] = {}
         self.scripted = scripted
 
     def convert(self, jit_graph, bind_inputs: Callable[[Graph], list[Value]] | None = None) -> Graph:
@@ -227,6 +230,17 @@ class JitImporter:
                            [ANY], {"field": self._field_name(obj, node.s("name"))}, self._meta(node))
         new.output.type = struct_set_type(new)
         self.values[obj.unique()] = new.output   # later reads of the object see the new record
+        # inst.pred_boxes.clip(...) changes inst too: its field gets the new record
+        while obj.unique() in self.alias_of:
+            parent, attr = self.alias_of[obj.unique()]
+            if attr is None:
+                self.values[parent.unique()] = self.values[obj.unique()]
+            else:
+                up = self._append(block, "struct::set", [self.values[parent.unique()], self.values[obj.unique()]],
+                                  [ANY], {"field": self._field_name(parent, attr)}, self._meta(node))
+                up.output.type = struct_set_type(up)
+                self.values[parent.unique()] = up.output
+            obj = parent
 
     def _get_field(self, node, block: Block) -> None:
         obj = node.input()
@@ -234,12 +248,14 @@ class JitImporter:
                            [ir_type_from_jit(node.output().type())],
                            {"field": self._field_name(obj, node.s("name"))}, self._meta(node))
         self.values[node.output().unique()] = new.output
+        if self._is_object(node.output()):
+            self.alias_of[node.output().unique()] = (obj, node.s("name"))
 
     def _isinstance(self, node, block: Block) -> None:
         value_type = node.input().type()
         types = node.tys("types")
-        if not any(value_type.isSubtypeOf(t) for t in types) and \
-                not any(isinstance(value_type, type(t)) and str(value_type) == str(t) for t in types):
+        result = any(value_type.isSubtypeOf(t) for t in types)
+        if not result:
             if any(t.isSubtypeOf(value_type) for t in types):
                 raise CaptureError("the scripted code tests isinstance() of a value whose type is only "
                                    f"known at run time ({value_type})", op="prim::isinstance",
@@ -247,14 +263,15 @@ class JitImporter:
                                    source=self.source_of(node.sourceRange()),
                                    hint="give the value a static type (annotate it) so the test is decided "
                                         "at export")
-            result = False
-        else:
-            result = True
         self.values[node.output().unique()] = self._append(block, CONSTANT, [], [BOOL], {"value": result},
                                                            self._meta(node)).output
 
     def _is_object(self, jit_value) -> bool:
-        return isinstance(jit_value.type(), torch.ClassType) and jit_value.unique() not in self.objects
+        """A TorchScript class instance (or an Optional one) that is not a module."""
+        t = jit_value.type()
+        if isinstance(t, torch.OptionalType):
+            t = t.getElementType()
+        return isinstance(t, torch.ClassType) and jit_value.unique() not in self.objects
 
     def _note_escapes(self, jit_values) -> None:
         for v in jit_values:
@@ -266,15 +283,26 @@ class JitImporter:
         (first-set order)."""
         inner: set[int] = set()
         found: dict[int, Any] = {}
+        aliases = {k: parent for k, (parent, _) in self.alias_of.items()}
 
         def walk(jit_block):
             for p in jit_block.inputs():
                 inner.add(p.unique())
             for n in jit_block.nodes():
+                if n.kind() in ("prim::GetAttr", "prim::unchecked_cast") and self._is_object(n.output()) \
+                        and n.inputsAt(0).unique() not in self.objects:
+                    aliases[n.output().unique()] = n.inputsAt(0)
+                if n.kind() == "prim::If":
+                    for i, o in enumerate(n.outputs()):
+                        source = _only_live_return(n, i)
+                        if source is not None and self._is_object(o):
+                            aliases[o.unique()] = source
                 if n.kind() == "prim::SetAttr":
                     obj = n.inputsAt(0)
-                    if obj.unique() not in inner and obj.unique() not in self.objects:
-                        found.setdefault(obj.unique(), obj)
+                    while obj is not None:  # the object and those it was read from
+                        if obj.unique() not in inner and obj.unique() not in self.objects:
+                            found.setdefault(obj.unique(), obj)
+                        obj = aliases.get(obj.unique())
                 for b in n.blocks():
                     walk(b)
                 for o in n.outputs():
@@ -341,7 +369,10 @@ class JitImporter:
         op = kind
         if schema is not None and schema.name == kind and kind not in self.owned_ops:
             op = f"{kind}.{schema.overload_name}" if schema.overload_name else kind
-        self._note_escapes(node.inputs())
+        if kind == "prim::unchecked_cast" and self._is_object(node.input()):
+            self.alias_of[node.output().unique()] = (node.input(), None)
+        else:
+            self._note_escapes(node.inputs())
         inputs = [self.values[v.unique()] for v in node.inputs()]
         types = [ir_type_from_jit(v.type()) for v in node.outputs()]
         mutated = self._outer_objects_set_in(node) if node.blocks() else []
@@ -367,6 +398,11 @@ class JitImporter:
                 self.values[o.unique()] = record
         for jit_out, value in zip(node.outputs(), new.outputs):
             self.values[jit_out.unique()] = value
+        if kind == "prim::If":  # `x if x is not None else raise`: the output is x itself
+            for i, o in enumerate(node.outputs()):
+                source = _only_live_return(node, i)
+                if source is not None and self._is_object(o):
+                    self.alias_of[o.unique()] = (source, None)
         for o, record in zip(mutated, outer):
             out = new.add_output(_record_merge_type(record.type, [b.returns[len(b.returns) - len(mutated) +
                                                                        mutated.index(o)].type
@@ -386,6 +422,14 @@ class JitImporter:
                 context="\n".join(lines),
                 hint="replace them in the model with ATen ops, or register them "
                      "(torch.library for kernels, dexport.ir.ops.register_op for dexport-owned ops)")
+
+
+def _only_live_return(if_node, i: int):
+    """The i-th value the one branch of a jit If that does not raise returns (None when
+    both or neither raise)."""
+    live = [b for b in if_node.blocks()
+            if not any(n.kind() == "prim::RaiseException" for n in b.nodes())]
+    return list(live[0].outputs())[i] if len(live) == 1 else None
 
 
 def _record_merge_type(outer, branch_types):

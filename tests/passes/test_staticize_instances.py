@@ -231,3 +231,42 @@ def test_canonicalize_unrolls_a_loop_over_a_literal_list():
     assert not graph.find_nodes("prim::Loop") and not graph.find_nodes("aten::__getitem__.t")
     x = torch.randn(3, generator=torch.Generator().manual_seed(9))
     torch.testing.assert_close(interpreter.run(graph, [x])[0], OverLiteralNames()(x))
+
+
+class ClipInPlace(nn.Module):
+    """A field's object changed in place (Boxes.clip) on one path: the record sees it."""
+
+    def forward(self, x: torch.Tensor):
+        inst = Instances((x.shape[0], 4))
+        inst.pred_boxes = Boxes(x * 10)
+        if bool(x.sum() > 0):
+            inst.pred_boxes.clip((5, 6))
+        inst.scores = inst.pred_boxes.area()
+        return inst
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_field_object_changed_in_place(sign):
+    graph = _staticized(ClipInPlace())
+    x = sign * torch.rand(6, 4, generator=torch.Generator().manual_seed(10))
+    _assert_same_instances(interpreter.run_structured(graph, (x,)), ClipInPlace()(x))
+
+
+class BoxesThroughALoop(nn.Module):
+    """A record inside a loop-carried record: its fields are carried too."""
+
+    def forward(self, x: torch.Tensor):
+        inst = Instances((x.shape[0], 4))
+        inst.pred_boxes = Boxes(x.abs() * 10)
+        inst.scores = x.sum(dim=1)
+        for i in range(int(x.shape[0])):
+            inst.pred_boxes.scale(0.5, 2.0)
+            inst = inst[inst.pred_boxes.area() > float(i)]
+        return inst
+
+
+def test_record_in_a_loop_carried_record():
+    graph = _staticized(BoxesThroughALoop())
+    for seed, rows in [(11, 5), (12, 2), (13, 0)]:
+        x = torch.randn(rows, 4, generator=torch.Generator().manual_seed(seed))
+        _assert_same_instances(interpreter.run_structured(graph, (x,)), BoxesThroughALoop()(x))
