@@ -21,7 +21,7 @@ import re
 import sys
 import types
 import warnings
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Optional, Tuple
 
 import torch
 
@@ -128,8 +128,7 @@ def static_instances_class(fields: Mapping[str, type]) -> type:
     linecache.cache[filename] = (len(source), None, lines, filename)
     module = types.ModuleType(module_name)
     module.__file__ = filename
-    module.__dict__.update(torch=torch, Any=Any, Optional=__import__("typing").Optional,
-                           Tuple=__import__("typing").Tuple, **type_names)
+    module.__dict__.update(torch=torch, Any=Any, Optional=Optional, Tuple=Tuple, **type_names)
     sys.modules[module_name] = module  # results of the scripted module are objects of this class
     exec(compile(source, filename, "exec"), module.__dict__)
     cls = module.Instances

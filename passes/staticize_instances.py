@@ -79,7 +79,7 @@ class StaticizeInstances(Pass):
         self._materialize_remaining(graph)
         self._drop_slots()
         self._erase_dead_structs(graph.block)
-        return True
+        return self.changed
 
     # ----------------------------------------------------------------- the walk
 
@@ -106,6 +106,7 @@ class StaticizeInstances(Pass):
             source = node.meta.source or (value.node.meta.source if value.node is not None else "")
             new[node.attrs["field"]] = _Field(value, source or "<unknown line>")
             self.env[node.output] = new
+            self.changed = True  # the set goes
         elif op == "struct::get" and node.inputs[0] in self.env:
             fields = self.env[node.inputs[0]]
             name = node.attrs["field"]
@@ -192,6 +193,7 @@ class StaticizeInstances(Pass):
                                     hint="return the same kind of record on every path")
             self.env[out] = self._merge_if(node, live)
             self.dead_if_slots.append((node, i))
+            self.changed = True
         return None
 
     def _is_record_flow(self, block: Block) -> bool:
@@ -278,6 +280,7 @@ class StaticizeInstances(Pass):
         for j, fields, _ in plans:
             self.env[node.outputs[j]] = self._carry_out(node, fields)
             self.dead_loop_slots.append((node, j))
+            self.changed = True
 
     def _present(self, fields: _Fields) -> list[str]:
         return [n for n, f in fields.items() if self._noneness(f.value) is not True]
@@ -353,6 +356,7 @@ class StaticizeInstances(Pass):
         for v in outputs:
             schemas.append(self._flatten_output(v, flat))
         graph.set_outputs(flat)
+        self.changed = True
         for v in outputs:
             _erase_unused_packing(v)
         old = graph.output_schema
@@ -398,10 +402,18 @@ class StaticizeInstances(Pass):
         def materialized(v: Value) -> Value:
             if v in built:
                 return built[v]
+            producer = v.node
+            if producer is not None and producer.op == "struct::construct" and producer.attrs["fields"] == list(
+                    self.env[v]):  # already built from its fields: keep it (its record fields built too)
+                for index, x in enumerate(list(producer.inputs)):
+                    if x in self.env:
+                        producer.replace_input(index, materialized(x))
+                built[v] = v
+                return v
+            self.changed = True
             fields = self.env[v]
             inputs = [materialized(f.value) if f.value in self.env else f.value for f in fields.values()]
             typ = RecordType(fields.kind, tuple((n, i.type) for n, i in zip(fields, inputs)))
-            producer = v.node
             if producer is None:   # a block parameter
                 block = v.producer
                 anchor = block._head.next

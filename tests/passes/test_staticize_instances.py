@@ -270,3 +270,11 @@ def test_record_in_a_loop_carried_record():
     for seed, rows in [(11, 5), (12, 2), (13, 0)]:
         x = torch.randn(rows, 4, generator=torch.Generator().manual_seed(seed))
         _assert_same_instances(interpreter.run_structured(graph, (x,)), BoxesThroughALoop()(x))
+
+
+def test_pass_is_idempotent_on_records_left_in_lists():
+    graph = _import(IntoAList(), FIELDS)
+    assert get_pass("staticize-instances").run(graph)
+    text = str(graph)
+    assert not get_pass("staticize-instances").run(graph)
+    assert str(graph) == text
