@@ -7,7 +7,8 @@ from dexport.dump import dump_ir, dump_torchscript_IR
 from dexport.ir.errors import DexportError, DexportWarning
 from dexport.ir.schema import register_record
 from dexport.loader import load
+from dexport.scripting_instances import scripting_with_instances
 
 __version__ = "0.1.0"
 __all__ = ["DexportError", "DexportWarning", "TracingAdapter", "capture", "dump_ir", "dump_torchscript_IR", "export",
-           "load", "register_record"]
+           "load", "register_record", "scripting_with_instances"]

@@ -9,15 +9,17 @@ only (no loop over instances or images) so it traces at any batch size.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from dexport.ir.dialects.detection_io import (
-    DETECTION_FIELDS, SEGMENT_FIELDS, instances_from_fields, sizes_tensor, split_outputs, stack_inputs,
+    DETECTION_FIELDS, SEGMENT_FIELDS, image_index_from_counts, instances_from_fields, sizes_tensor, split_outputs,
+    stack_inputs,
 )
-from dexport.ir.dialects.structures import ImageList
+from dexport.ir.dialects.structures import ImageList, Instances
 from dexport.models import zoo
 from dexport.models.batched import group_counts, rank_in_group
 from dexport.models.postprocess import (
@@ -400,9 +402,15 @@ class PanopticFPN(GeneralizedRCNN):
         self.postprocess = PanopticPostprocess(cfg.overlap_threshold, cfg.stuff_area_thresh,
                                                cfg.instances_score_thresh)
 
-    def forward(self, batched_inputs: list[dict]):
+    def forward(self, batched_inputs: list[dict[str, torch.Tensor]]):
         if not self.training:
             return self.inference(batched_inputs)
+        if torch.jit.is_scripting():
+            raise RuntimeError("a scripted detector runs inference only: call .eval() on it")
+        return self.training_losses(batched_inputs)
+
+    def training_losses(self, batched_inputs: list[dict]) -> dict[str, torch.Tensor]:
+        """The losses of a training batch (dicts with "image", "instances" and "sem_seg")."""
         images, targets = self.training_inputs(batched_inputs, required=("instances", "sem_seg"))
         sem_targets = ImageList.from_tensors(
             [x["sem_seg"].to(self.device) for x in batched_inputs],
@@ -430,22 +438,55 @@ class PanopticFPN(GeneralizedRCNN):
         sem_seg, _ = self.sem_seg_head(features)
         return self.roi_heads.detect(features, proposals, image_sizes), sem_seg
 
-    def inference(self, batched_inputs: list[dict], do_postprocess: bool = True):
+    def inference(self, batched_inputs: list[dict[str, torch.Tensor]], do_postprocess: bool = True):
         """Post-processed results per image; without post-processing, the pair (list of
-        Instances at the input resolution, semantic logits (N, C, H, W) of the padded batch)."""
+        Instances at the input resolution, semantic logits (N, C, H, W) of the padded batch;
+        eager only)."""
         images, image_sizes, output_sizes, sizes = stack_inputs(batched_inputs, self.device)
         if not do_postprocess:
-            detections, sem_seg = self.detect_all(images, image_sizes)
-            return detections_to_instances(detections, sizes.inputs), sem_seg
+            if torch.jit.is_scripting():
+                raise RuntimeError("a scripted detector post-processes (do_postprocess=True)")
+            else:
+                detections, sem_seg = self.detect_all(images, image_sizes)
+                return detections_to_instances(detections, sizes.inputs), sem_seg
         outputs = self.forward_batched(images, image_sizes, output_sizes)
-        results = []
-        for item, size in zip(split_outputs(outputs, sizes.outputs), sizes.outputs):
-            info = {k[len("segment_"):]: item[k] for k in SEGMENT_FIELDS}
-            fields = {k: v for k, v in item.items() if k in DETECTION_FIELDS}
-            results.append({"instances": instances_from_fields(fields, size),
-                            "sem_seg": item["sem_seg"],
-                            "panoptic_seg": (item["panoptic_seg"], info)})
-        return results
+        if torch.jit.is_scripting():
+            return _results_scripted(outputs, sizes.outputs)
+        else:
+            return _results(outputs, sizes.outputs)
+
+
+def _results(outputs: dict[str, torch.Tensor], output_sizes: list[tuple[int, int]]) -> list[dict]:
+    """:meth:`PanopticFPN.inference`'s per-image results: instances, sem_seg and
+    (panoptic_seg, segments info) at each image's output size."""
+    results = []
+    for item, size in zip(split_outputs(outputs, output_sizes), output_sizes):
+        info = {k[len("segment_"):]: item[k] for k in SEGMENT_FIELDS}
+        fields = {k: v for k, v in item.items() if k in DETECTION_FIELDS}
+        results.append({"instances": instances_from_fields(fields, size),
+                        "sem_seg": item["sem_seg"],
+                        "panoptic_seg": (item["panoptic_seg"], info)})
+    return results
+
+
+def _results_scripted(outputs: dict[str, torch.Tensor], output_sizes: list[tuple[int, int]]):
+    """:meth:`PanopticFPN.inference`'s per-image results under TorchScript (the same
+    values; the dict's value type is the union of what it holds)."""
+    instances = detections_to_instances(outputs, output_sizes)
+    segment_image = image_index_from_counts(outputs["segment_counts"], outputs["segment_id"].shape[0])
+    results: list[dict[str, Union[Instances, torch.Tensor, tuple[torch.Tensor, dict[str, torch.Tensor]]]]] = []
+    for i, (h, w) in enumerate(output_sizes):
+        rows = segment_image == i
+        info: dict[str, torch.Tensor] = {}
+        for name in ["segment_id", "segment_category_id", "segment_isthing", "segment_score",
+                     "segment_area", "segment_instance_id"]:  # SEGMENT_FIELDS
+            info[name[len("segment_"):]] = outputs[name][rows]
+        result: dict[str, Union[Instances, torch.Tensor, tuple[torch.Tensor, dict[str, torch.Tensor]]]] = {}
+        result["instances"] = instances[i]
+        result["sem_seg"] = outputs["sem_seg"][i][..., :h, :w]
+        result["panoptic_seg"] = (outputs["panoptic_seg"][i][..., :h, :w], info)
+        results.append(result)
+    return results
 
 
 zoo.register("panoptic_fpn_R50_FPN", PanopticFPN, PanopticFPNConfig.r50())

@@ -18,7 +18,7 @@ from torch import nn
 
 from dexport.ir.dialects import dexport as ops
 from dexport.ir.dialects.detection_io import (
-    DETECTION_FIELDS, INSTANCE_FIELD_NAMES, instances_from_fields, sizes_tensor, split_outputs,
+    DETECTION_FIELDS, INSTANCE_FIELD_NAMES, image_index_from_counts, instances_from_fields, sizes_tensor,
 )
 from dexport.ir.dialects.structures import Boxes, Instances
 from dexport.models.batched import clip_boxes_per_row, group_counts, nonempty
@@ -87,18 +87,67 @@ def detector_postprocess(results: Instances, output_height, output_width,
 
 
 def detections_to_instances(detections: dict[str, torch.Tensor],
-                            image_sizes: list[tuple]) -> list[Instances]:
+                            image_sizes: list[tuple[int, int]]) -> list[Instances]:
     """One Instances per image (size ``image_sizes[i]``, ints or 0-d tensors) from batched
     detections, either raw (rows with an ``image_index``) or post-processed (``counts``;
     mask canvases are cropped to each image's size)."""
-    if "counts" in detections:
-        fields = {k: v for k, v in detections.items() if k in DETECTION_FIELDS}
-        per_image = split_outputs({**fields, "counts": detections["counts"]}, image_sizes)
+    if torch.jit.is_scripting():
+        return _instances_scripted(detections, image_sizes)
+    return [instances_from_fields(f, size)
+            for f, size in zip(_split_per_image(detections, image_sizes), image_sizes)]
+
+
+def _instances_scripted(detections: dict[str, torch.Tensor],
+                        image_sizes: list[tuple[int, int]]) -> list[Instances]:
+    """:func:`detections_to_instances` of post-processed detections under TorchScript.
+    Each field is named by a literal, not found by iterating the dict, so that in the
+    graph the names are constants and ``staticize-instances`` sees which fields are set
+    (the batched format's optional fields are tested with constant keys)."""
+    if "counts" not in detections:
+        raise RuntimeError("scripted detections_to_instances takes post-processed detections (with counts)")
+    image = image_index_from_counts(detections["counts"], detections["scores"].shape[0])
+    results: list[Instances] = []
+    for i, (h, w) in enumerate(image_sizes):
+        rows = image == i
+        instances = Instances((h, w))
+        instances.set("pred_boxes", Boxes(detections["boxes"][rows]))
+        instances.set("scores", detections["scores"][rows])
+        instances.set("pred_classes", detections["classes"][rows])
+        if "masks" in detections:
+            instances.set("pred_masks", detections["masks"][rows][..., :h, :w])
+        if "keypoints" in detections:
+            instances.set("pred_keypoints", detections["keypoints"][rows])
+        results.append(instances)
+    return results
+
+
+
+def _is_detection_field(key: str) -> bool:
+    # DETECTION_FIELDS spelled out: TorchScript reads no global tuple.
+    return key in ["boxes", "scores", "classes", "masks", "keypoints"]
+
+
+def _split_per_image(detections: dict[str, torch.Tensor],
+                     image_sizes: list[tuple[int, int]]) -> list[dict[str, torch.Tensor]]:
+    """Each image's fields: post-processed detections split by ``counts`` (the detection
+    fields, masks cropped to the image's size: ``split_outputs``), raw ones by
+    ``image_index`` (every other field). Traceable and scriptable."""
+    counted = "counts" in detections
+    if counted:
+        image = image_index_from_counts(detections["counts"], detections["scores"].shape[0])
     else:
         image = detections["image_index"]
-        per_image = [{k: v[image == i] for k, v in detections.items() if k != "image_index"}
-                     for i in range(len(image_sizes))]
-    return [instances_from_fields(f, size) for f, size in zip(per_image, image_sizes)]
+    per_image: list[dict[str, torch.Tensor]] = []
+    for i, (h, w) in enumerate(image_sizes):
+        item: dict[str, torch.Tensor] = {}
+        for key, value in detections.items():
+            if counted and _is_detection_field(key):
+                value = value[image == i]
+                item[key] = value[..., :h, :w] if key == "masks" else value
+            elif not counted and key != "image_index":
+                item[key] = value[image == i]
+        per_image.append(item)
+    return per_image
 
 
 class Postprocess(nn.Module):

@@ -79,9 +79,15 @@ class GeneralizedRCNN(Detector):
         self.roi_heads = ROIHeads(cfg.roi_heads, channels, strides)
         self.postprocess = Postprocess()
 
-    def forward(self, batched_inputs: list[dict]):
+    def forward(self, batched_inputs: list[dict[str, torch.Tensor]]):
         if not self.training:
             return self.inference(batched_inputs)
+        if torch.jit.is_scripting():
+            raise RuntimeError("a scripted detector runs inference only: call .eval() on it")
+        return self.training_losses(batched_inputs)
+
+    def training_losses(self, batched_inputs: list[dict]) -> dict[str, torch.Tensor]:
+        """The losses of a training batch (dicts with "image" and "instances")."""
         images, targets = self.training_inputs(batched_inputs)
         features = self.backbone(images.tensor)
         proposals, rpn_losses = self.rpn(images, features, targets)
@@ -107,11 +113,14 @@ class GeneralizedRCNN(Detector):
         proposals = self.rpn.propose(features, image_sizes)
         return self.roi_heads.detect(features, proposals, image_sizes)
 
-    def inference(self, batched_inputs: list[dict], do_postprocess: bool = True):
+    def inference(self, batched_inputs: list[dict[str, torch.Tensor]], do_postprocess: bool = True):
         """Detections per image; without post-processing they stay at the input resolution
-        (a list of Instances with pred_masks as n×1×M×M probabilities)."""
+        (a list of Instances with pred_masks as n×1×M×M probabilities; eager only)."""
         images, image_sizes, output_sizes, sizes = stack_inputs(batched_inputs, self.device)
         if not do_postprocess:
-            return detections_to_instances(self.detect(images, image_sizes), sizes.inputs)
+            if torch.jit.is_scripting():
+                raise RuntimeError("a scripted detector post-processes (do_postprocess=True)")
+            else:
+                return detections_to_instances(self.detect(images, image_sizes), sizes.inputs)
         outputs = self.forward_batched(images, image_sizes, output_sizes)
         return [{"instances": inst} for inst in detections_to_instances(outputs, sizes.outputs)]

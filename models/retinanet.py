@@ -166,12 +166,18 @@ class RetinaNet(Detector):
         self.loss_normalizer = 100.0
         self.loss_normalizer_momentum = 0.9
 
-    def forward(self, batched_inputs: list[dict]):
+    def forward(self, batched_inputs: list[dict[str, torch.Tensor]]):
         if not self.training:
             images, image_sizes, output_sizes, sizes = stack_inputs(batched_inputs, self.device)
             outputs = self.forward_batched(images, image_sizes, output_sizes)
             return [{"instances": inst}
                     for inst in detections_to_instances(outputs, sizes.outputs)]
+        if torch.jit.is_scripting():
+            raise RuntimeError("a scripted detector runs inference only: call .eval() on it")
+        return self.training_losses(batched_inputs)
+
+    def training_losses(self, batched_inputs: list[dict]) -> dict[str, torch.Tensor]:
+        """The losses of a training batch (dicts with "image" and "instances")."""
         images, targets = self.training_inputs(batched_inputs)
         anchors, logits, deltas = self.head_outputs(self.backbone(images.tensor))
         return self.losses(anchors, logits, deltas, targets)

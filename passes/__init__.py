@@ -9,5 +9,6 @@ from dexport.passes.manager import (DumpInstrument, Instrument, PassManager, Pas
                                     abs_errors, first_difference, max_abs_error, parse_pipeline)
 from dexport.passes.rewrite import Const, Match, Op, Pattern, Rejection, Rewriter, Rule, Var
 from dexport.passes import (  # noqa: F401  (registers the passes)
-    canonicalize, cleanup, decompose, fix_batch_dim, fold, functionalize, infer_types, thirdparty,
+    canonicalize, cleanup, decompose, fix_batch_dim, fold, functionalize, infer_types, staticize_instances,
+    thirdparty,
 )

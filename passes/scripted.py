@@ -105,18 +105,35 @@ _DTYPE_ARGUMENT = {"aten::zeros": 1, "aten::ones": 1, "aten::empty.memory_format
 
 
 class GetItemOfBuiltList(ScriptedRule):
-    """``[a, b, c][k]`` for a constant k: the element."""
+    """``[a, b, c][k]`` for a constant k: the element (also of a constant list, such as
+    the literal ``["boxes", "scores"]`` a scripted loop runs over: torch's generic list
+    kernels cannot be called from Python, so fold-constants cannot)."""
     pattern = Op("aten::__getitem__.t", Var("seq"), Const("k", lambda k: isinstance(k, int)))
 
     def check(self, match: Match) -> str | None:
-        built = _built_list(match["seq"])
-        if built is None:
+        items = _list_items(match["seq"])
+        if items is None:
             return "the list is not built element by element, or is mutated"
-        n = len(built.inputs)
+        n = len(items)
         return None if -n <= match["k"] < n else f"index {match['k']} out of range for {n} elements"
 
     def rewrite(self, match: Match, graph: Graph) -> Value:
-        return _built_list(match["seq"]).inputs[match["k"]]
+        built = _built_list(match["seq"])
+        if built is not None:
+            return built.inputs[match["k"]]
+        value = _constant_of(match["seq"])[1][match["k"]]
+        return _constant_value(graph, match.root, value)
+
+
+def _list_items(value: Value) -> list | None:
+    """The elements (values, or constants of a constant list) of a list nothing changes."""
+    built = _built_list(value)
+    if built is not None:
+        return list(built.inputs)
+    known, constant = _constant_of(value)
+    if known and isinstance(constant, list) and all(user.op in _LIST_READERS for user in value.users()):
+        return constant
+    return None
 
 
 def _constant_of(value: Value) -> tuple[bool, Any]:
@@ -241,10 +258,10 @@ class LenOfBuiltList(ScriptedRule):
     pattern = Op("aten::len.t", Var("seq"))
 
     def check(self, match: Match) -> str | None:
-        return None if _built_list(match["seq"]) is not None else "the list's length is not known"
+        return None if _list_items(match["seq"]) is not None else "the list's length is not known"
 
     def rewrite(self, match: Match, graph: Graph) -> Value:
-        return _constant_value(graph, match.root, len(_built_list(match["seq"]).inputs))
+        return _constant_value(graph, match.root, len(_list_items(match["seq"])))
 
 
 class IsNone(ScriptedRule):

@@ -42,6 +42,8 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
+from torch import device as Device  # TorchScript reads `torch.device` only under a plain name
 
 from dexport.ir.dialects.structures import Boxes, ImageList, Instances
 
@@ -61,7 +63,7 @@ INSTANCE_FIELD_NAMES = {"pred_boxes": "boxes", "pred_classes": "classes",
                         "pred_masks": "mask_probs", "pred_keypoints": "keypoints"}
 
 
-def image_index_from_counts(counts: torch.Tensor, total) -> torch.Tensor:
+def image_index_from_counts(counts: torch.Tensor, total: int) -> torch.Tensor:
     """i64[total]: the image of each row of a batched output, from its ``counts``."""
     ends = counts.cumsum(dim=0)
     rows = torch.arange(total, device=counts.device)
@@ -85,19 +87,45 @@ def sizes_tensor(sizes: list[tuple], device) -> torch.Tensor:
 
 class SizePairs(NamedTuple):
     """Per-image (h, w) pairs of the list API: ints, or 0-d tensors while tracing."""
-    inputs: list[tuple]
-    outputs: list[tuple]
+    inputs: list[tuple[int, int]]
+    outputs: list[tuple[int, int]]
 
 
-def stack_inputs(batched_inputs: list[dict], device):
+def stack_inputs(batched_inputs: list[dict[str, torch.Tensor]], device: Device):
     """The list API's input (dicts with "image" and optional "height"/"width") as
     ``forward_batched`` arguments plus the size pairs to split results with:
     (images, image_sizes, output_sizes, SizePairs)."""
+    if torch.jit.is_scripting():
+        return _stack_inputs_scripted(batched_inputs, device)
     stacked = ImageList.from_tensors([x["image"].to(device) for x in batched_inputs])
     out_sizes = [(x.get("height", h), x.get("width", w))
                  for x, (h, w) in zip(batched_inputs, stacked.image_sizes)]
     return (stacked.tensor, sizes_tensor(stacked.image_sizes, device),
             sizes_tensor(out_sizes, device), SizePairs(stacked.image_sizes, out_sizes))
+
+
+def _stack_inputs_scripted(batched_inputs: list[dict[str, torch.Tensor]], device: Device):
+    """:func:`stack_inputs` under TorchScript, where sizes are ints ("height"/"width"
+    are then tensors, as a TorchScript dict of tensors holds them)."""
+    images = [x["image"].to(device) for x in batched_inputs]
+    sizes = [(int(t.shape[-2]), int(t.shape[-1])) for t in images]
+    max_h = max([h for h, _ in sizes])
+    max_w = max([w for _, w in sizes])
+    padded = [F.pad(t, [0, max_w - w, 0, max_h - h]) for t, (h, w) in zip(images, sizes)]
+    out_sizes: list[tuple[int, int]] = []
+    for x, (h, w) in zip(batched_inputs, sizes):
+        out_sizes.append((int(x["height"]) if "height" in x else h,
+                          int(x["width"]) if "width" in x else w))
+    return (torch.stack(padded), _pairs_tensor(sizes, device), _pairs_tensor(out_sizes, device),
+            SizePairs(sizes, out_sizes))
+
+
+def _pairs_tensor(pairs: list[tuple[int, int]], device: Device) -> torch.Tensor:
+    """i64[N, 2] of int pairs, from 0-d tensors (torch.tensor of a list is a generic op
+    dexport's interpreter cannot call)."""
+    return torch.stack([torch.stack([torch.tensor(h, dtype=torch.int64, device=device),
+                                     torch.tensor(w, dtype=torch.int64, device=device)])
+                        for h, w in pairs])
 
 
 def split_outputs(outputs: dict[str, torch.Tensor], output_sizes=None) -> list[dict]:
@@ -134,9 +162,28 @@ def split_outputs(outputs: dict[str, torch.Tensor], output_sizes=None) -> list[d
     return per_image
 
 
-def instances_from_fields(fields: dict[str, torch.Tensor], image_size) -> Instances:
+def _list_api_name(key: str) -> str:
+    """The Instances field name of a batched detection field (INSTANCE_FIELD_NAMES the
+    other way, plus the pasted "masks"; spelled out, as TorchScript reads no global dict,
+    and as comparisons that a graph folds when the key is a constant)."""
+    if key == "boxes":
+        return "pred_boxes"
+    if key == "classes":
+        return "pred_classes"
+    if key == "mask_probs" or key == "masks":
+        return "pred_masks"
+    if key == "keypoints":
+        return "pred_keypoints"
+    return key
+
+
+def instances_from_fields(fields: dict[str, torch.Tensor], image_size: tuple[int, int]) -> Instances:
     """One image's detection fields (batched names) as an Instances with the list API's
     field names (pred_boxes, scores, pred_classes, pred_masks, pred_keypoints)."""
-    names = {v: k for k, v in INSTANCE_FIELD_NAMES.items()} | {"masks": "pred_masks"}
-    return Instances(image_size, **{names.get(k, k): Boxes(v) if k == "boxes" else v
-                                    for k, v in fields.items()})
+    instances = Instances(image_size)
+    for key, value in fields.items():
+        if key == "boxes":
+            instances.set("pred_boxes", Boxes(value))
+        else:
+            instances.set(_list_api_name(key), value)
+    return instances

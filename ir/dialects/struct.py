@@ -1,6 +1,8 @@
 """The struct dialect: records (a kind plus ordered named fields) as IR values.
 
-``struct::construct`` builds one, ``struct::get`` reads a field; their run-time value
+``struct::construct`` builds one, ``struct::get`` reads a field, ``struct::set`` gives
+a new record with one field added or replaced (functional: the input record is
+unchanged, so a record is a plain SSA value); their run-time value
 is a :class:`Record`, or a user structure registered with the schemas (such as
 :class:`dexport.ir.dialects.structures.Instances`), whose fields ``struct::get``
 reads as attributes.
@@ -58,8 +60,34 @@ def _get_type(node):
     return [ANY]
 
 
+def _set_kernel(node, record, value):
+    if not isinstance(record, Record):
+        raise node_error(node, f"struct::set takes a record, got {type(record).__name__}",
+                         "build the record with struct::construct")
+    return (Record(record.kind, {**record.fields, node.attrs["field"]: value}),)
+
+
+def struct_set_type(node):
+    """The record type with the field set to the value's type (added last when new)."""
+    t = node.inputs[0].type
+    name, value_type = node.attrs["field"], node.inputs[1].type
+    if not isinstance(t, RecordType):
+        return RecordType("?", ((name, value_type),))
+    fields = list(t.fields)
+    for i, (field_name, _) in enumerate(fields):
+        if field_name == name:
+            fields[i] = (name, value_type)
+            break
+    else:
+        fields.append((name, value_type))
+    return RecordType(t.kind, tuple(fields))
+
+
 register_op("struct::construct", num_inputs=None, num_outputs=1, kernel=_construct_kernel,
             type_rule=_construct_type,
             doc="A record of attrs['kind'] whose attrs['fields'] are the inputs, in order.")
 register_op("struct::get", num_inputs=1, num_outputs=1, kernel=_get_kernel,
             type_rule=_get_type, doc="The field attrs['field'] of a record.")
+register_op("struct::set", num_inputs=2, num_outputs=1, kernel=_set_kernel,
+            type_rule=lambda node: [struct_set_type(node)],
+            doc="The record (input 0) with its field attrs['field'] set to input 1: a new record.")

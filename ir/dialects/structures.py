@@ -10,17 +10,18 @@ resolution still computes the right sizes at another.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import device as Device  # TorchScript reads `torch.device` only under a plain name
 
 from dexport.ir.schema import register_record
 
 __all__ = ["Boxes", "pairwise_iou", "Instances", "ImageList"]
 
 
-def _clamp_upto(x: torch.Tensor, hi) -> torch.Tensor:
+def _clamp_upto(x: torch.Tensor, hi: int) -> torch.Tensor:
     """Clamp x into [0, hi] where hi is a number or a 0-d tensor (kept traced)."""
     if isinstance(hi, torch.Tensor):
         return torch.minimum(x.clamp(min=0), hi.to(x.dtype))
@@ -38,17 +39,17 @@ def _quiet_len(value) -> int:
 class Boxes:
     """N boxes as an N×4 float tensor in (x1, y1, x2, y2) absolute pixel coordinates."""
 
-    def __init__(self, tensor):
+    def __init__(self, tensor: torch.Tensor):
         if not isinstance(tensor, torch.Tensor):
             tensor = torch.as_tensor(tensor, dtype=torch.float32)
         elif not tensor.is_floating_point():
             tensor = tensor.to(torch.float32)
         # An empty list/tensor still means "zero boxes", so keep the N×4 shape. Shape
         # values are tensors while tracing, so only the eager path inspects them.
-        if tensor.dim() == 1 and tensor.shape == (0,):
+        if tensor.dim() == 1 and tensor.shape[0] == 0:
             tensor = tensor.reshape(0, 4)
         if tensor.dim() != 2 or (not torch.jit.is_tracing() and tensor.shape[-1] != 4):
-            raise ValueError(f"Boxes expects an N×4 tensor, got shape {tuple(tensor.shape)}")
+            raise ValueError(f"Boxes expects an N×4 tensor, got shape {list(tensor.shape)}")
         self.tensor = tensor
 
     def __len__(self) -> int:
@@ -60,27 +61,29 @@ class Boxes:
             return Boxes(self.tensor[item].view(1, -1))
         return Boxes(self.tensor[item])
 
-    def __iter__(self) -> Iterator[torch.Tensor]:
+    @torch.jit.unused
+    def __iter__(self):
         yield from self.tensor
 
+    @torch.jit.unused
     def __repr__(self) -> str:
         return f"Boxes({self.tensor})"
 
     @property
-    def device(self) -> torch.device:
+    def device(self) -> Device:
         return self.tensor.device
 
     def clone(self) -> "Boxes":
         return Boxes(self.tensor.clone())
 
-    def to(self, device) -> "Boxes":
+    def to(self, device: Device) -> "Boxes":
         return Boxes(self.tensor.to(device))
 
     def area(self) -> torch.Tensor:
         t = self.tensor
         return (t[:, 2] - t[:, 0]) * (t[:, 3] - t[:, 1])
 
-    def clip(self, box_size) -> None:
+    def clip(self, box_size: tuple[int, int]) -> None:
         """Clip in place to an image of size (h, w): x into [0, w], y into [0, h].
 
         h and w may be ints or 0-d tensors; tensors keep the clip resolution-generic
