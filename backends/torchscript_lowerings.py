@@ -107,6 +107,10 @@ _SYNTAX = {
     "aten::__isnot__": "{0} is not {1}",
     "aten::__getitem__.t": "{0}[{1}]",
     "aten::len.t": "len({0})",
+    "prim::min.int": "min({0}, {1})",
+    "prim::max.int": "max({0}, {1})",
+    "prim::min.float": "min({0}, {1})",
+    "prim::max.float": "max({0}, {1})",
 }
 
 
