@@ -198,3 +198,16 @@ def test_a_python_inference_function_is_refused_with_the_way_out():
 def test_scripting_is_registered_without_probes():
     from dexport.frontends import get_frontend
     assert not get_frontend("scripting").needs_probes
+
+
+def test_the_ir_text_of_a_scripted_mask_rcnn_round_trips_through_the_parser():
+    from dexport.cli import sample_images
+    from dexport.driver import batched_inputs
+    from dexport.models import zoo
+    graph = dexport.capture(zoo.get("mask_rcnn_tiny"), batched_inputs((sample_images(1, 96, seed=0),)),
+                            method="scripting", inference_func="forward_batched")
+    assert any(n.op == "prim::If" for n in graph.nodes())
+    text = print_graph(graph)
+    again = parse(text, params=graph.params)
+    verify(again)
+    assert print_graph(again) == text
