@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from dexport.bench import BASELINE, JIT_SCRIPT, JIT_TRACE, failure_reason, latency
+from dexport.bench import BASELINE, JIT_SCRIPT, JIT_TRACE, failure_reason, interleaved_latency, latency
 from dexport.cli import main
+from dexport.ir.errors import DexportError
 
 
 def test_latency_reports_ordered_quantiles():
@@ -19,12 +20,23 @@ def test_latency_reports_ordered_quantiles():
     assert stats["p10_ms"] <= stats["median_ms"] <= stats["p90_ms"] and stats["runs"] == 5
 
 
+def test_interleaved_latency_calls_every_entry_once_per_round_alternating_the_order():
+    calls = []
+    stats = interleaved_latency([lambda: calls.append("a"), lambda: calls.append("b"), lambda: calls.append("c")],
+                                runs=3, warmup=1)
+    assert "".join(calls) == "abc" + "abc" + "cba" + "abc"
+    assert [s["runs"] for s in stats] == [3, 3, 3] and all(s["p10_ms"] <= s["p90_ms"] for s in stats)
+    with pytest.raises(DexportError):
+        interleaved_latency([lambda: None], runs=0, warmup=0)
+
+
 def test_bench_writes_json_and_markdown(tmp_path, capsys):
     out_json, out_md = tmp_path / "r.json", tmp_path / "r.md"
     assert main(["bench", "--model", "zoo:mask_rcnn_tiny", "--size", "64", "--runs", "2", "--warmup", "1",
                  "--threads", "1", "--json", str(out_json), "--md", str(out_md)]) == 0
     captured = capsys.readouterr()
-    assert "[9/9] timing floor" in captured.err
+    timed_line = next(line for line in captured.err.splitlines() if line.startswith("[7/7] timing "))
+    assert "entries interleaved (1 warm-up + 2 rounds)" in timed_line
     result = json.loads(out_json.read_text())
     assert result["baseline"] == BASELINE and result["threads"] == 1 and result["size"] == 64
     names = [e["name"] for e in result["entries"]]
