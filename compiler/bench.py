@@ -78,7 +78,7 @@ def _stats(times: list[float], *, runs: int, warmup: int) -> dict:
     def quantile(q: float) -> float:
         return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
     return {"median_ms": statistics.median(times), "p10_ms": quantile(0.1), "p90_ms": quantile(0.9),
-            "runs": runs, "warmup": warmup}
+            "runs": runs, "warmup": warmup, "times_ms": list(times)}
 
 
 def failure_reason(exc: BaseException, limit: int = 120) -> str:

@@ -18,6 +18,7 @@ def test_latency_reports_ordered_quantiles():
     stats = latency(lambda: calls.append(1), runs=5, warmup=2)
     assert len(calls) == 7
     assert stats["p10_ms"] <= stats["median_ms"] <= stats["p90_ms"] and stats["runs"] == 5
+    assert len(stats["times_ms"]) == 5 and stats["median_ms"] == sorted(stats["times_ms"])[2]
 
 
 def test_interleaved_latency_calls_every_entry_once_per_round_alternating_the_order():
