@@ -125,3 +125,31 @@ def test_export_compare_writes_results_and_reports_failures(tmp_path):
     assert "| dexport ORT / eager model(list) |" in md and "not measured" in md
     ratio = ours["median_ms"] / saved["eager_list"]["median_ms"]
     assert f"| mask_rcnn_tiny | {ours['median_ms']:.0f} | {ratio:.2f}x |" in md  # the summary row
+
+
+def _export_time():
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("export_time", root / "benchmarks" / "export_time.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_export_time_reads_cli_steps_and_summarises_parity_per_side():
+    et = _export_time()
+    line = "[3/6] running passes 'fix-batch-dim{batch=dynamic},functionalize,dce' ... 0.4s"
+    m = et.STEP.match(line)
+    assert m and et.step_name(m.group(3)) == "passes" and float(m.group(4)) == 0.4
+    ok = {"wall_s": 2.0, "rc": 0, "steps": {"capturing": 1.0}, "parity_ok": True, "verified": "verified ... -> ok"}
+    bad = {"wall_s": 4.0, "rc": 1, "steps": {"capturing": 3.0}, "parity_ok": False, "verified": "... -> MISMATCH"}
+    failed = {"wall_s": 1.0, "rc": 2, "steps": {}, "error": "error: no such model"}
+    base, cur = et.summarise([ok, bad, ok]), et.summarise([ok, ok, failed])
+    assert base["median_s"] == 2.0 and base["parity"] == "MISMATCH (2/3 ok)" and base["failed"] == 0
+    assert cur["median_s"] == 2.0 and cur["failed"] == 1 and cur["parity"] == "MISMATCH (2/3 ok)"
+    assert et.summarise([failed])["error"] == "error: no such model"
+    result = {"command": "python benchmarks/export_time.py", "runs": 3, "warmup": 1,
+              "baseline": {"rev": "aaaa"}, "current": {"rev": "bbbb"},
+              "machine": {"loadavg_before": [1, 1, 1], "loadavg_after": [2, 2, 2], "cpu_count": 2, "torch": "x"},
+              "models": {"m": {"baseline": base, "current": et.summarise([ok, ok, ok])}}}
+    md = et.to_markdown(result)
+    assert "| m | 2.0 | 2.0 | 1.00x | 2.0 / 2.0 | 1.0 / 1.0 | 0.0 / 0.0 | MISMATCH (2/3 ok) | ok |" in md
