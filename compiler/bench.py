@@ -2,9 +2,11 @@
 
 Everything is timed in this process, on the same inputs and with the same thread
 count for torch (``torch.set_num_threads``) and each artifact's runner (``threads``
-of ``Backend.load``), so the ratios are comparable even on a shared machine whose
-absolute times drift. Each entry reports the median and the p10/p90 of ``runs``
-timed calls after ``warmup`` untimed ones.
+of ``Backend.load``), and interleaved: every entry is compiled or loaded first, then
+each of ``runs`` rounds calls every entry once (``interleaved_latency``), so the ratios
+are comparable even on a shared machine whose load changes during the run. Each entry
+reports the median and the p10/p90 of its ``runs`` timed calls after ``warmup``
+untimed rounds.
 
 Entries for a detector (a model with ``forward_batched``):
 
@@ -48,21 +50,35 @@ JIT_SCRIPT = "torch.jit.script model(list)"
 
 def latency(fn: Callable[[], Any], *, runs: int, warmup: int) -> dict:
     """Median and p10/p90 wall time of ``fn()`` in milliseconds."""
+    return interleaved_latency([fn], runs=runs, warmup=warmup)[0]
+
+
+def interleaved_latency(fns: list[Callable[[], Any]], *, runs: int, warmup: int) -> list[dict]:
+    """:func:`latency` of each of ``fns``, timed in rounds: every round calls each
+    function once (in order, reversed every other round), so a change in machine load
+    during the run hits every entry alike instead of the ones timed at that moment.
+    ``warmup`` untimed rounds first."""
     if runs < 1:
         raise DexportError(f"runs must be at least 1, got {runs}")
     for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
+        for fn in fns:
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
+    for r in range(runs):
+        for i in (range(len(fns)) if r % 2 == 0 else reversed(range(len(fns)))):
+            start = time.perf_counter()
+            fns[i]()
+            times[i].append((time.perf_counter() - start) * 1e3)
+    return [_stats(t, runs=runs, warmup=warmup) for t in times]
+
+
+def _stats(times: list[float], *, runs: int, warmup: int) -> dict:
     ordered = sorted(times)
 
     def quantile(q: float) -> float:
         return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
     return {"median_ms": statistics.median(times), "p10_ms": quantile(0.1), "p90_ms": quantile(0.9),
-            "runs": runs, "warmup": warmup}
+            "runs": runs, "warmup": warmup, "times_ms": list(times)}
 
 
 def failure_reason(exc: BaseException, limit: int = 120) -> str:
@@ -133,24 +149,21 @@ def bench(model: torch.nn.Module, *, name: str, artifacts=(), size: int = 512, b
     inputs = sample_images(batch, size, seed=1)
     images, image_sizes, output_sizes, sizes = stack_inputs(inputs, "cpu")
     flat = [images, image_sizes, output_sizes]
-    entries: list[dict] = []
+    entries: list[dict] = []  # in table order; the timed ones get their times below
+    timed: list[tuple[dict, Callable[[], Any]]] = []  # (entry, the call to time)
     used: list[Backend] = []  # the backends timed, first one also for the floor
 
-    def measure(label: str, fn, **extra):
-        with torch.no_grad():
-            entries.append({"name": label, **latency(fn, runs=runs, warmup=warmup), **extra})
-
-    def timed(label: str, fn, **extra):
-        with step(f"timing {label} ({warmup} warm-up + {runs} runs)"):
-            measure(label, fn, **extra)
+    def add(label: str, fn, **extra):
+        entries.append({"name": label, **extra})
+        timed.append((entries[-1], fn))
 
     with torch.no_grad():
         expected = model(inputs)
-    timed(BASELINE, lambda: model(inputs))
-    timed("eager forward_batched", lambda: model.forward_batched(images, image_sizes, output_sizes))
+    add(BASELINE, lambda: model(inputs))
+    add("eager forward_batched", lambda: model.forward_batched(images, image_sizes, output_sizes))
 
     for label, compile_model, call in jit_compiled(model, inputs, flat, sizes.outputs):
-        with step(f"compiling and timing {label} ({warmup} warm-up + {runs} runs)"), warnings.catch_warnings():
+        with step(f"compiling {label} and checking its parity"), warnings.catch_warnings():
             # deprecation of torch.jit and the trace's own warnings: nothing the user can act on here
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
@@ -161,8 +174,7 @@ def bench(model: torch.nn.Module, *, name: str, artifacts=(), size: int = 512, b
             except Exception as exc:  # a model torch cannot compile is a row of the table, not a failure
                 entries.append({"name": label, "error": f"n/a: {failure_reason(exc)}"})
                 continue
-            measure(label, lambda c=compiled, f=call: f(c), parity=report.summary(),
-                    parity_ok=report.ok)
+            add(label, lambda c=compiled, f=call: f(c), parity=report.summary(), parity_ok=report.ok)
 
     with tempfile.TemporaryDirectory(prefix="dexport-bench-") as tmp:
         directories = [Path(a) for a in artifacts]
@@ -173,28 +185,36 @@ def bench(model: torch.nn.Module, *, name: str, artifacts=(), size: int = 512, b
                 export_s = time.perf_counter() - start
             directories = [Path(tmp) / "artifact"]
         for directory in directories:
-            loaded = load(directory, threads=threads)
-            backend = get_backend(loaded.manifest["format"])
-            used.append(backend)
-            outputs = loaded.output_schema.rebuild(loaded.run_flat(flat))
-            report = compare_outputs(expected, detection_results(outputs, sizes.outputs))
-            label = f"{backend.runtime} {directory.name}" + (" (simplified)" if loaded.manifest.get("simplified") else "")
-            read = file_reader(directory, loaded.manifest)
-            model_bytes = read(loaded.manifest["model_file"])
-            extra = {"artifact": str(directory) if artifacts else "(exported by bench)", "format": backend.name,
-                     **backend.describe(read, loaded.manifest), "file_mb": len(model_bytes) / 1e6,
-                     "parity": report.summary(), "parity_ok": report.ok}
-            if not artifacts:
-                extra["export_s"] = export_s
-            timed(label, lambda m=loaded: m.run_flat(flat), **extra)
+            with step(f"loading {directory.name} and checking its parity"):
+                loaded = load(directory, threads=threads)
+                backend = get_backend(loaded.manifest["format"])
+                used.append(backend)
+                with torch.no_grad():
+                    outputs = loaded.output_schema.rebuild(loaded.run_flat(flat))
+                report = compare_outputs(expected, detection_results(outputs, sizes.outputs))
+                label = f"{backend.runtime} {directory.name}" + (" (simplified)" if loaded.manifest.get("simplified")
+                                                                 else "")
+                read = file_reader(directory, loaded.manifest)
+                model_bytes = read(loaded.manifest["model_file"])
+                extra = {"artifact": str(directory) if artifacts else "(exported by bench)", "format": backend.name,
+                         **backend.describe(read, loaded.manifest), "file_mb": len(model_bytes) / 1e6,
+                         "parity": report.summary(), "parity_ok": report.ok}
+                if not artifacts:
+                    extra["export_s"] = export_s
+                add(label, lambda m=loaded: m.run_flat(flat), **extra)
 
-    if floor:
-        backend = used[0]
-        with step("exporting the backbone + FPN floor"):
-            emission, x = backbone_floor(model, images, image_sizes, format=backend.name)
-            runner = backend.load(emission.files.__getitem__, emission.manifest_fields(), threads=threads)
-        timed(f"floor: backbone+FPN ({backend.runtime})", lambda: runner.run_flat([x]),
-              **backend.describe(emission.files.__getitem__, emission.manifest_fields()))
+        if floor:
+            backend = used[0]
+            with step("exporting the backbone + FPN floor"):
+                emission, x = backbone_floor(model, images, image_sizes, format=backend.name)
+                runner = backend.load(emission.files.__getitem__, emission.manifest_fields(), threads=threads)
+            add(f"floor: backbone+FPN ({backend.runtime})", lambda: runner.run_flat([x]),
+                **backend.describe(emission.files.__getitem__, emission.manifest_fields()))
+
+        with step(f"timing {len(timed)} entries interleaved ({warmup} warm-up + {runs} rounds)"), torch.no_grad():
+            for (entry, _), stats in zip(timed, interleaved_latency([fn for _, fn in timed], runs=runs,
+                                                                     warmup=warmup)):
+                entry.update(stats)
 
     base = next(e["median_ms"] for e in entries if e["name"] == BASELINE)
     floor_ms = entries[-1]["median_ms"] if floor else None
@@ -220,7 +240,7 @@ def to_markdown(result: dict) -> str:
     """The result as a markdown table, ratios against the baseline (and the floor)."""
     m = result["machine"]
     lines = [f"## {result['model']}: {result['batch']} image(s) of {result['size']}x{result['size']}, "
-             f"{result['threads']} threads, median of {result['runs']} runs after {result['warmup']} warm-up",
+             f"{result['threads']} threads, median of {result['runs']} interleaved rounds after {result['warmup']} warm-up",
              "",
              f"Baseline: `{result['baseline']}`. Load average (1/5/15 min) before: "
              f"{_load(m['loadavg_before'])}, after: {_load(m['loadavg_after'])} on {m['cpu_count']} CPUs; "
@@ -256,5 +276,5 @@ def write_results(result: dict, json_path=None, md_path=None) -> None:
             write_report(check_report_path(path, flag), text())
 
 
-__all__ = ["BASELINE", "JIT_SCRIPT", "JIT_TRACE", "backbone_floor", "bench", "failure_reason", "jit_compiled",
-           "latency", "machine_info", "to_markdown", "write_results"]
+__all__ = ["BASELINE", "JIT_SCRIPT", "JIT_TRACE", "backbone_floor", "bench", "failure_reason", "interleaved_latency",
+           "jit_compiled", "latency", "machine_info", "to_markdown", "write_results"]

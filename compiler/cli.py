@@ -417,7 +417,8 @@ def cmd_dump(args) -> int:
 
 def cmd_bench(args) -> int:
     from dexport.bench import bench, to_markdown, write_results
-    steps = 7 + (len(args.artifact) if args.artifact else 2)  # load, 2 eager, 2 jit, artifacts (+export), floor
+    # load, 2 jit compilations, each artifact (or export + load), floor, the interleaved timing
+    steps = 5 + (len(args.artifact) if args.artifact else 2)
     progress = Progress(steps)
     with progress.step(f"loading {args.model}"):
         model = load_model(args.model)
@@ -514,15 +515,16 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="time eager PyTorch, exported artifacts and the backbone+FPN floor",
                        description="Time MODEL eager (list API and forward_batched), each artifact "
                                    "in its format's runtime (none given: export one first) and the backbone + "
-                                   "FPN alone, in one run with a fixed thread count; print a markdown table "
+                                   "FPN alone, in one run with a fixed thread count, interleaved (each round "
+                                   "calls every entry once); print a markdown table "
                                    "of medians and ratios against eager model(list).")
     b.add_argument("--model", required=True, help="zoo:NAME (see `dexport zoo`) or package.module:factory")
     b.add_argument("--artifact", action="append", metavar="DIR",
                    help="an artifact directory written by `dexport export` (repeatable)")
     b.add_argument("--size", type=int, default=512, help="image size in pixels (default 512)")
     b.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
-    b.add_argument("--runs", type=int, default=10, help="timed runs per entry (default 10)")
-    b.add_argument("--warmup", type=int, default=2, help="untimed runs first (default 2)")
+    b.add_argument("--runs", type=int, default=10, help="timed rounds, one call per entry each (default 10)")
+    b.add_argument("--warmup", type=int, default=2, help="untimed rounds first (default 2)")
     b.add_argument("--threads", type=int, default=2, help="torch and artifact runtime threads (default 2)")
     b.add_argument("--json", metavar="OUT", help="write the results as JSON")
     b.add_argument("--md", metavar="OUT", help="write the markdown table")

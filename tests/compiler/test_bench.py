@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from dexport.bench import BASELINE, JIT_SCRIPT, JIT_TRACE, failure_reason, latency
+from dexport.bench import BASELINE, JIT_SCRIPT, JIT_TRACE, failure_reason, interleaved_latency, latency
 from dexport.cli import main
+from dexport.ir.errors import DexportError
 
 
 def test_latency_reports_ordered_quantiles():
@@ -17,6 +18,17 @@ def test_latency_reports_ordered_quantiles():
     stats = latency(lambda: calls.append(1), runs=5, warmup=2)
     assert len(calls) == 7
     assert stats["p10_ms"] <= stats["median_ms"] <= stats["p90_ms"] and stats["runs"] == 5
+    assert len(stats["times_ms"]) == 5 and stats["median_ms"] == sorted(stats["times_ms"])[2]
+
+
+def test_interleaved_latency_calls_every_entry_once_per_round_alternating_the_order():
+    calls = []
+    stats = interleaved_latency([lambda: calls.append("a"), lambda: calls.append("b"), lambda: calls.append("c")],
+                                runs=3, warmup=1)
+    assert "".join(calls) == "abc" + "abc" + "cba" + "abc"
+    assert [s["runs"] for s in stats] == [3, 3, 3] and all(s["p10_ms"] <= s["p90_ms"] for s in stats)
+    with pytest.raises(DexportError):
+        interleaved_latency([lambda: None], runs=0, warmup=0)
 
 
 def test_bench_writes_json_and_markdown(tmp_path, capsys):
@@ -24,7 +36,8 @@ def test_bench_writes_json_and_markdown(tmp_path, capsys):
     assert main(["bench", "--model", "zoo:mask_rcnn_tiny", "--size", "64", "--runs", "2", "--warmup", "1",
                  "--threads", "1", "--json", str(out_json), "--md", str(out_md)]) == 0
     captured = capsys.readouterr()
-    assert "[9/9] timing floor" in captured.err
+    timed_line = next(line for line in captured.err.splitlines() if line.startswith("[7/7] timing "))
+    assert "entries interleaved (1 warm-up + 2 rounds)" in timed_line
     result = json.loads(out_json.read_text())
     assert result["baseline"] == BASELINE and result["threads"] == 1 and result["size"] == 64
     names = [e["name"] for e in result["entries"]]
@@ -112,3 +125,31 @@ def test_export_compare_writes_results_and_reports_failures(tmp_path):
     assert "| dexport ORT / eager model(list) |" in md and "not measured" in md
     ratio = ours["median_ms"] / saved["eager_list"]["median_ms"]
     assert f"| mask_rcnn_tiny | {ours['median_ms']:.0f} | {ratio:.2f}x |" in md  # the summary row
+
+
+def _export_time():
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("export_time", root / "benchmarks" / "export_time.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_export_time_reads_cli_steps_and_summarises_parity_per_side():
+    et = _export_time()
+    line = "[3/6] running passes 'fix-batch-dim{batch=dynamic},functionalize,dce' ... 0.4s"
+    m = et.STEP.match(line)
+    assert m and et.step_name(m.group(3)) == "passes" and float(m.group(4)) == 0.4
+    ok = {"wall_s": 2.0, "rc": 0, "steps": {"capturing": 1.0}, "parity_ok": True, "verified": "verified ... -> ok"}
+    bad = {"wall_s": 4.0, "rc": 1, "steps": {"capturing": 3.0}, "parity_ok": False, "verified": "... -> MISMATCH"}
+    failed = {"wall_s": 1.0, "rc": 2, "steps": {}, "error": "error: no such model"}
+    base, cur = et.summarise([ok, bad, ok]), et.summarise([ok, ok, failed])
+    assert base["median_s"] == 2.0 and base["parity"] == "MISMATCH (2/3 ok)" and base["failed"] == 0
+    assert cur["median_s"] == 2.0 and cur["failed"] == 1 and cur["parity"] == "MISMATCH (2/3 ok)"
+    assert et.summarise([failed])["error"] == "error: no such model"
+    result = {"command": "python benchmarks/export_time.py", "runs": 3, "warmup": 1,
+              "baseline": {"rev": "aaaa"}, "current": {"rev": "bbbb"},
+              "machine": {"loadavg_before": [1, 1, 1], "loadavg_after": [2, 2, 2], "cpu_count": 2, "torch": "x"},
+              "models": {"m": {"baseline": base, "current": et.summarise([ok, ok, ok])}}}
+    md = et.to_markdown(result)
+    assert "| m | 2.0 | 2.0 | 1.00x | 2.0 / 2.0 | 1.0 / 1.0 | 0.0 / 0.0 | MISMATCH (2/3 ok) | ok |" in md
