@@ -79,7 +79,7 @@ def _check(name: str, cases: list[tuple[tuple[int, int], int]]) -> None:
 
 
 FAST = ["faster_rcnn_tiny", "mask_rcnn_tiny", "keypoint_rcnn_tiny", "retinanet_tiny"]
-HEAVY = ["cascade_mask_rcnn_tiny"]
+HEAVY = ["cascade_mask_rcnn_tiny", "pointrend_tiny"]
 R50 = [name.replace("_tiny", "_R50_FPN") for name in FAST + HEAVY]
 
 
