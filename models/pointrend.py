@@ -243,7 +243,8 @@ class PointRendROIHeads(ROIHeads):
         self.mask_feature_index = self.in_features.index(cfg.in_feature)
         self.mask_head = PointRendMaskHead(cfg, channels, strides[cfg.in_feature])
 
-    def mask_inference(self, feats: list[torch.Tensor], detections: dict[str, torch.Tensor]) -> torch.Tensor:
+    def mask_inference(self, feats: list[torch.Tensor],
+                       detections: dict[str, torch.Tensor]) -> torch.Tensor:
         """n×1×M×M mask probabilities of each detection's predicted class."""
         rois = rois_of(detections["boxes"], detections["image_index"])
         return self.mask_head(feats[self.mask_feature_index], rois,

@@ -308,7 +308,8 @@ class ROIHeads(nn.Module):
         return select_detections(scores, boxes, image, image_sizes.shape[0], self.num_classes,
                                  self.score_thresh, self.nms_thresh, self.detections_per_image)
 
-    def mask_inference(self, feats: list[torch.Tensor], detections: dict[str, torch.Tensor]) -> torch.Tensor:
+    def mask_inference(self, feats: list[torch.Tensor],
+                       detections: dict[str, torch.Tensor]) -> torch.Tensor:
         """n×1×28×28 mask probabilities of each detection's predicted class."""
         rois = rois_of(detections["boxes"], detections["image_index"])
         logits = self.mask_head(self.mask_pooler(feats, rois))
@@ -316,7 +317,8 @@ class ROIHeads(nn.Module):
                         detections["classes"]]
         return picked.sigmoid().unsqueeze(1)
 
-    def keypoint_inference(self, feats: list[torch.Tensor], detections: dict[str, torch.Tensor]) -> torch.Tensor:
+    def keypoint_inference(self, feats: list[torch.Tensor],
+                           detections: dict[str, torch.Tensor]) -> torch.Tensor:
         """n×K×3 keypoints (x, y, score) of each detection."""
         rois = rois_of(detections["boxes"], detections["image_index"])
         heatmaps = self.keypoint_head(self.keypoint_pooler(feats, rois))

@@ -163,7 +163,8 @@ class RPN(nn.Module):
         super().__init__()
         self.cfg = cfg
         # What inference reads, as plain attributes (scripted code cannot read ``cfg``).
-        self.pre_nms_topk_train, self.pre_nms_topk_test = cfg.pre_nms_topk_train, cfg.pre_nms_topk_test
+        self.pre_nms_topk_train = cfg.pre_nms_topk_train
+        self.pre_nms_topk_test = cfg.pre_nms_topk_test
         self.post_nms_topk_train = cfg.post_nms_topk_train
         self.post_nms_topk_test = cfg.post_nms_topk_test
         self.box_weights = tuple(float(w) for w in cfg.box_weights)

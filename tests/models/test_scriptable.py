@@ -78,7 +78,8 @@ def _check(name: str, cases: list[tuple[tuple[int, int], int]]) -> None:
         _assert_same(scripted(*inputs), want, f"{name} with no detections")
 
 
-FAST = ["faster_rcnn_tiny", "mask_rcnn_tiny", "keypoint_rcnn_tiny", "retinanet_tiny"]
+FAST = ["faster_rcnn_tiny", "mask_rcnn_tiny", "keypoint_rcnn_tiny", "retinanet_tiny",
+        "panoptic_fpn_tiny"]
 HEAVY = ["cascade_mask_rcnn_tiny", "pointrend_tiny"]
 R50 = [name.replace("_tiny", "_R50_FPN") for name in FAST + HEAVY]
 
