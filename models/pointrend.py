@@ -22,6 +22,7 @@ from dexport.models.batched import largest_group, rank_in_group, rois_of
 from dexport.models.roi_heads import ROIHeads, boxes_to_rois
 from dexport.ir.dialects.structures import Instances
 from dexport.models.scoping import module_scope
+from dexport.models.scripting import ConfigSettings
 
 __all__ = [
     "PointRendConfig", "point_sample", "sample_roi_points", "regular_grid_points",
@@ -178,23 +179,24 @@ def _uncertain_points(logits: torch.Tensor, num_points: int) -> tuple[torch.Tens
     return idx, torch.stack([x, y], dim=2)
 
 
-class PointRendMaskHead(nn.Module):
+class PointRendMaskHead(nn.Module, ConfigSettings):
     """Coarse mask head + point head over one FPN level, with subdivision inference."""
 
     def __init__(self, cfg: PointRendConfig, channels: int, stride: int):
         super().__init__()
         self.cfg = cfg
-        # What inference reads, as plain attributes (scripted code cannot read ``cfg``).
-        self.coarse_in_side = cfg.coarse_in_side
-        self.coarse_side = cfg.coarse_side
-        self.subdivision_steps = cfg.subdivision_steps
-        self.subdivision_num_points = cfg.subdivision_num_points
         self.stride = stride
         num_classes = cfg.rcnn.roi_heads.num_classes
         self.coarse_head = CoarseMaskHead(channels, cfg.coarse_in_side, cfg.coarse_conv_dim,
                                           cfg.coarse_fc_dim, cfg.coarse_num_fc, num_classes,
                                           cfg.coarse_side)
         self.point_head = PointHead(channels, cfg.point_fc_dim, cfg.point_num_fc, num_classes)
+
+    def config_settings(self, cfg: PointRendConfig) -> dict:
+        """What inference reads, as plain attributes (see ConfigSettings)."""
+        return {"coarse_in_side": cfg.coarse_in_side, "coarse_side": cfg.coarse_side,
+                "subdivision_steps": cfg.subdivision_steps,
+                "subdivision_num_points": cfg.subdivision_num_points}
 
     @module_scope
     def coarse_logits(self, feature: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:

@@ -68,10 +68,11 @@ def _check(name: str, cases: list[tuple[tuple[int, int], int]]) -> None:
             want = model.forward_batched(*inputs)
             _assert_same(scripted(*inputs), want, f"{name} batch {num} at {height}x{width}")
             assert want["counts"].sum() > 0, "held-out images should give detections"
-        # No detection at all: a score threshold nothing reaches, set on both (a scripted
-        # module reads its attributes at run time).
+        # No detection at all: a score threshold nothing reaches, set on both (through the
+        # config eagerly; a scripted module reads its attributes at run time).
         inputs = _batch(2, 96, 128, 7, keypoints_only)
-        _threshold_owner(model).score_thresh = 1.0
+        owner = _threshold_owner(model)
+        owner.cfg = dataclasses.replace(owner.cfg, score_thresh=1.0)
         _threshold_owner(scripted.model).score_thresh = 1.0
         want = model.forward_batched(*inputs)
         assert want["counts"].tolist() == [0, 0]
@@ -114,6 +115,27 @@ def test_scripted_module_saves_and_loads():
     inputs = _batch(2, 96, 128, 3, False)
     with torch.no_grad():
         _assert_same(loaded(*inputs), model.forward_batched(*inputs), "loaded mask_rcnn_tiny")
+
+
+@pytest.mark.parametrize("name", ["retinanet_tiny", "pointrend_tiny"])
+def test_replaced_config_reaches_eager_and_scripted_code(name):
+    """Settings inference reads are attributes copied from ``cfg``, again whenever ``cfg``
+    is replaced, so the scripted module is built with the new ones."""
+    model = _model(name, weights=None)
+    owner = _threshold_owner(model)
+    owner.cfg = dataclasses.replace(owner.cfg, score_thresh=1.0)
+    assert owner.score_thresh == 1.0
+    if name == "pointrend_tiny":  # a setting of the mask head: one subdivision step fewer
+        head = model.roi_heads.mask_head
+        head.cfg = dataclasses.replace(head.cfg, subdivision_steps=head.cfg.subdivision_steps - 1)
+    scripted = script_batched(model)
+    inputs = _batch(1, 96, 128, 9, False)
+    with torch.no_grad():
+        want = model.forward_batched(*inputs)
+        assert want["counts"].tolist() == [0]
+        _assert_same(scripted(*inputs), want, name)
+    if name == "pointrend_tiny":
+        assert scripted.model.roi_heads.mask_head.subdivision_steps == head.cfg.subdivision_steps
 
 
 def test_list_api_forward_is_left_to_eager():
