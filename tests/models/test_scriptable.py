@@ -149,7 +149,11 @@ def test_list_api_forward_is_left_to_eager():
 @pytest.mark.parametrize("name", R50)
 def test_r50_scripted_equals_eager(name):
     model = _model(name, weights=None)
+    if name.startswith("retinanet"):  # untrained, every score is the 0.01 prior
+        model.cfg = dataclasses.replace(model.cfg, score_thresh=0.005)
     scripted = script_batched(model)
     inputs = _batch(1, 256, 256, 5, name.startswith("keypoint"))
     with torch.no_grad():
-        _assert_same(scripted(*inputs), model.forward_batched(*inputs), name)
+        want = model.forward_batched(*inputs)
+        assert want["counts"].sum() > 0
+        _assert_same(scripted(*inputs), want, name)
