@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "group_counts", "rank_in_group", "top_per_image", "clip_boxes_per_row", "rois_of",
-    "pad_to_multiple", "normalize_images", "nonempty",
+    "pad_to_multiple", "normalize_images", "nonempty", "largest_group",
 ]
 
 
@@ -33,6 +33,16 @@ def _one_hot(group: torch.Tensor, num_groups: int) -> torch.Tensor:
 def group_counts(group: torch.Tensor, num_groups: int) -> torch.Tensor:
     """i64[G]: how many entries of ``group`` (i64[L], values in [0, G)) equal each g."""
     return _one_hot(group, num_groups).sum(dim=0)
+
+
+def largest_group(group: torch.Tensor, num_groups: int) -> int:
+    """The largest of ``group_counts``, e.g. the most detections of any image, as a size:
+    a 0-d tensor eagerly and while tracing (so a trace keeps the size dynamic), an int
+    when scripted (TorchScript takes sizes as ints only)."""
+    largest = group_counts(group, num_groups).max()
+    if torch.jit.is_scripting():
+        return int(largest)
+    return largest
 
 
 def rank_in_group(group: torch.Tensor, num_groups: int) -> torch.Tensor:

@@ -21,7 +21,7 @@ from dexport.ir.dialects.detection_io import (
 )
 from dexport.ir.dialects.structures import ImageList, Instances
 from dexport.models import zoo
-from dexport.models.batched import group_counts, rank_in_group
+from dexport.models.batched import group_counts, largest_group, rank_in_group
 from dexport.models.postprocess import (
     detections_to_instances, postprocess_detections,
 )
@@ -101,14 +101,15 @@ class SemSegFPNHead(nn.Module):
 
     def layers(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits at ``common_stride`` resolution."""
-        x = None
-        for name, head in zip(self.in_features, self.scale_heads):
-            y = head(features[name])
+        x: torch.Tensor | None = None
+        for i, head in enumerate(self.scale_heads):
+            y = head(features[self.in_features[i]])
             x = y if x is None else x + y
+        assert x is not None  # at least one level
         return self.predictor(x)
 
-    def forward(self, features: dict[str, torch.Tensor],
-                targets: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    def forward(self, features: dict[str, torch.Tensor], targets: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Logits (N, C, H, W) at the padded input size; losses when ``targets`` is given
         (an i64 N×H×W label map, ``ignore_value`` where unlabeled)."""
         logits = F.interpolate(self.layers(features), scale_factor=float(self.common_stride),
@@ -119,7 +120,8 @@ class SemSegFPNHead(nn.Module):
         return logits, {"loss_sem_seg": loss * self.loss_weight}
 
 
-def _linear_taps(in_size: torch.Tensor, out_size: torch.Tensor, length):
+def _linear_taps(in_size: torch.Tensor, out_size: torch.Tensor, length: int
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Bilinear (align_corners=False) resize taps from ``in_size`` to ``out_size`` pixels,
     per image (i64[N] each), for ``length`` output positions: source indices i0, i1
     (i64[N, length]) and the weight of i1 (f32). Positions past out_size are junk the
@@ -133,12 +135,13 @@ def _linear_taps(in_size: torch.Tensor, out_size: torch.Tensor, length):
     return i0, i1, src - i0.to(torch.float32)
 
 
-def _resize_last(x: torch.Tensor, dim: int, taps) -> torch.Tensor:
+def _resize_last(x: torch.Tensor, dim: int,
+                 taps: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """Linear interpolation of x (N, C, H, W) along ``dim`` (2 or 3) with per-image taps."""
     i0, i1, w1 = taps
     shape = [x.shape[0], 1, 1, 1]
     shape[dim] = i0.shape[1]
-    i0, i1, w1 = (t.reshape(shape) for t in (i0, i1, w1))
+    i0, i1, w1 = i0.reshape(shape), i1.reshape(shape), w1.reshape(shape)
     expanded = [x.shape[0], x.shape[1], x.shape[2], x.shape[3]]
     expanded[dim] = i0.shape[dim]
     lo = x.gather(dim, i0.expand(expanded))
@@ -180,7 +183,8 @@ def _first_owner(masks: torch.Tensor) -> torch.Tensor:
     return stacked.to(torch.uint8).argmax(dim=1)
 
 
-def _bin_counts(index: torch.Tensor, num_bins, weights: torch.Tensor | None = None):
+def _bin_counts(index: torch.Tensor, num_bins: int,
+                weights: torch.Tensor | None = None) -> torch.Tensor:
     """Per image (row of the (N, L) ``index``, values in [0, num_bins]), for each bin b in
     [0, num_bins): how many entries equal b (or the sum of their ``weights``); the value
     ``num_bins`` counts nowhere. A scatter-add into one spare bin more, dropped after:
@@ -190,16 +194,16 @@ def _bin_counts(index: torch.Tensor, num_bins, weights: torch.Tensor | None = No
     return counts.scatter_add(1, index, source)[:, :-1]
 
 
-def _by_rank(values: torch.Tensor, image: torch.Tensor, slot: torch.Tensor, num_images,
-             num_slots) -> torch.Tensor:
+def _by_rank(values: torch.Tensor, image: torch.Tensor, slot: torch.Tensor, num_images: int,
+             num_slots: int) -> torch.Tensor:
     """(N, S, ...) layout of per-instance ``values``: instance k at [image[k], slot[k]]."""
-    dense = values.new_zeros((num_images, num_slots, *values.shape[1:]))
+    dense = values.new_zeros([num_images, num_slots] + list(values.shape[1:]))
     return dense.index_put((image, slot), values)
 
 
 def combine_batched(
     masks: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor, image_index: torch.Tensor,
-    sem_seg: torch.Tensor, inside: torch.Tensor | None = None, *, overlap_threshold: float = 0.5,
+    sem_seg: torch.Tensor, inside: torch.Tensor | None = None, overlap_threshold: float = 0.5,
     stuff_area_thresh: int = 4096, instances_score_thresh: float = 0.5,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """:func:`combine_semantic_and_instance_outputs` for every image of a batch at once.
@@ -221,16 +225,14 @@ def combine_batched(
     order = order[torch.sort(image_index[order], stable=True).indices]
     image = image_index[order]
     slot = rank_in_group(image, num_images)
-    num_slots = group_counts(image, num_images).max()
+    num_slots = largest_group(image, num_images)
     position = rank_in_group(image_index, num_images)[order]  # row among its image's rows
     ranked_scores = scores[order]
     candidate = ranked_scores >= instances_score_thresh
 
-    def dense(values):
-        return _by_rank(values, image, slot, num_images, num_slots)
-
-    ranked_masks = dense(masks[order] & candidate[:, None, None])
-    is_candidate = dense(candidate)
+    ranked_masks = _by_rank(masks[order] & candidate[:, None, None], image, slot, num_images,
+                            num_slots)
+    is_candidate = _by_rank(candidate, image, slot, num_images, num_slots)
     mask_area = ranked_masks.flatten(2).sum(dim=2)
 
     # First pass: ownership among all candidates decides which instances are dropped.
@@ -271,17 +273,20 @@ def combine_batched(
     segment_image = torch.cat([thing_image, stuff_image])
     # Ids are unique within an image: sort by (image, id).
     by_id = torch.argsort(segment_image * (num_slots + num_classes + 1) + ids)
-    things = (thing_image, thing_slot)
+    # Each kept instance's class, score and row among its image's rows.
+    thing_classes = _by_rank(classes[order].to(torch.int64), image, slot, num_images, num_slots)
+    thing_scores = _by_rank(ranked_scores.to(torch.float32), image, slot, num_images, num_slots)
+    thing_rows = _by_rank(position, image, slot, num_images, num_slots)
     segments = {
         "segment_id": ids,
-        "segment_category_id": torch.cat([dense(classes[order].to(torch.int64))[things],
-                                          stuff_label]),
+        "segment_category_id": torch.cat([thing_classes[thing_image, thing_slot], stuff_label]),
         "segment_isthing": torch.cat([torch.ones_like(thing_slot, dtype=torch.bool),
                                       torch.zeros_like(stuff_label, dtype=torch.bool)]),
-        "segment_score": torch.cat([dense(ranked_scores.to(torch.float32))[things],
+        "segment_score": torch.cat([thing_scores[thing_image, thing_slot],
                                     (prob_sum / stuff_area)[stuff_image, stuff_label]]),
-        "segment_area": torch.cat([thing_area[things], stuff_area[stuff_image, stuff_label]]),
-        "segment_instance_id": torch.cat([dense(position)[things],
+        "segment_area": torch.cat([thing_area[thing_image, thing_slot],
+                                   stuff_area[stuff_image, stuff_label]]),
+        "segment_instance_id": torch.cat([thing_rows[thing_image, thing_slot],
                                           torch.full_like(stuff_label, -1)]),
     }
     segments = {k: v[by_id] for k, v in segments.items()}
@@ -363,6 +368,7 @@ class PanopticPostprocess(nn.Module):
         self.stuff_area_thresh = stuff_area_thresh
         self.instances_score_thresh = instances_score_thresh
         self.mask_threshold = mask_threshold
+        self.fields = list(DETECTION_FIELDS)  # an attribute: TorchScript reads no global tuples
 
     def forward(self, detections: dict[str, torch.Tensor], sem_seg: torch.Tensor,
                 image_sizes: torch.Tensor, output_sizes: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -376,9 +382,16 @@ class PanopticPostprocess(nn.Module):
             rows[:, :, None] & cols[:, None, :], overlap_threshold=self.overlap_threshold,
             stuff_area_thresh=self.stuff_area_thresh,
             instances_score_thresh=self.instances_score_thresh)
-        result = {k: out[k] for k in DETECTION_FIELDS if k in out}
+        result: dict[str, torch.Tensor] = {}
+        for k in self.fields:
+            if k in out:
+                result[k] = out[k]
         result["counts"] = group_counts(image, image_sizes.shape[0])
-        return {**result, "sem_seg": sem, "panoptic_seg": panoptic, **segments}
+        result["sem_seg"] = sem
+        result["panoptic_seg"] = panoptic
+        for k, v in segments.items():
+            result[k] = v
+        return result
 
 
 class PanopticFPN(GeneralizedRCNN):
@@ -431,7 +444,8 @@ class PanopticFPN(GeneralizedRCNN):
         return self.postprocess(detections, sem_seg, image_sizes,
                                 image_sizes if output_sizes is None else output_sizes)
 
-    def detect_all(self, images: torch.Tensor, image_sizes: torch.Tensor):
+    def detect_all(self, images: torch.Tensor, image_sizes: torch.Tensor
+                   ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """(raw detections at the input resolution, semantic logits of the padded batch)."""
         features = self.features(images, image_sizes)
         proposals = self.rpn.propose(features, image_sizes)

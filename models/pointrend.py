@@ -18,10 +18,11 @@ from torch import nn
 
 from dexport.models import zoo
 from dexport.models.rcnn import GeneralizedRCNN, RCNNConfig
-from dexport.models.batched import group_counts, rank_in_group, rois_of
+from dexport.models.batched import largest_group, rank_in_group, rois_of
 from dexport.models.roi_heads import ROIHeads, boxes_to_rois
 from dexport.ir.dialects.structures import Instances
 from dexport.models.scoping import module_scope
+from dexport.models.scripting import ConfigSettings
 
 __all__ = [
     "PointRendConfig", "point_sample", "sample_roi_points", "regular_grid_points",
@@ -68,7 +69,8 @@ def point_sample(input: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(input, 2.0 * coords.unsqueeze(2) - 1.0, align_corners=False).squeeze(3)
 
 
-def regular_grid_points(side: int, num_rois, device=None) -> torch.Tensor:
+def regular_grid_points(side: int, num_rois: int,
+                        device: torch.device | None = None) -> torch.Tensor:
     """(num_rois, side*side, 2) cell-centre coordinates of a side x side grid, row-major."""
     centres = (torch.arange(side, dtype=torch.float32, device=device) + 0.5) / side
     ys, xs = torch.meshgrid(centres, centres, indexing="ij")
@@ -93,7 +95,7 @@ def sample_roi_points(feature: torch.Tensor, stride: int, rois: torch.Tensor,
     num_images, num_points = feature.shape[0], coords.shape[1]
     image = rois[:, 0].to(torch.int64)
     slot = rank_in_group(image, num_images)  # the ROI's place among its image's ROIs
-    per_image = group_counts(image, num_images).max()
+    per_image = largest_group(image, num_images)
     columns = slot.unsqueeze(1) * num_points + torch.arange(num_points, device=xy.device)
     grid = xy.new_zeros((num_images, per_image * num_points, 2))
     grid = grid.index_put((image.unsqueeze(1), columns), xy)
@@ -177,7 +179,7 @@ def _uncertain_points(logits: torch.Tensor, num_points: int) -> tuple[torch.Tens
     return idx, torch.stack([x, y], dim=2)
 
 
-class PointRendMaskHead(nn.Module):
+class PointRendMaskHead(nn.Module, ConfigSettings):
     """Coarse mask head + point head over one FPN level, with subdivision inference."""
 
     def __init__(self, cfg: PointRendConfig, channels: int, stride: int):
@@ -190,10 +192,16 @@ class PointRendMaskHead(nn.Module):
                                           cfg.coarse_side)
         self.point_head = PointHead(channels, cfg.point_fc_dim, cfg.point_num_fc, num_classes)
 
+    def config_settings(self, cfg: PointRendConfig) -> dict:
+        """What inference reads, as plain attributes (see ConfigSettings)."""
+        return {"coarse_in_side": cfg.coarse_in_side, "coarse_side": cfg.coarse_side,
+                "subdivision_steps": cfg.subdivision_steps,
+                "subdivision_num_points": cfg.subdivision_num_points}
+
     @module_scope
     def coarse_logits(self, feature: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
         """(R, K, side, side) coarse mask logits from a regular grid of point features."""
-        side = self.cfg.coarse_in_side
+        side = self.coarse_in_side
         points = regular_grid_points(side, rois.shape[0], rois.device)
         x = sample_roi_points(feature, self.stride, rois, points)
         return self.coarse_head(x.unflatten(2, (side, side)))
@@ -208,18 +216,18 @@ class PointRendMaskHead(nn.Module):
     def forward(self, feature: torch.Tensor, rois: torch.Tensor,
                 classes: torch.Tensor) -> torch.Tensor:
         """Mask logits (R, 1, M, M) of each ROI's class, M = coarse_side * 2**steps."""
-        cfg = self.cfg
         coarse = self.coarse_logits(feature, rois)
         logits = _pick_class(coarse, classes)
-        side = cfg.coarse_side
-        for step in range(cfg.subdivision_steps):
+        side = self.coarse_side
+        num_points = self.subdivision_num_points
+        for step in range(self.subdivision_steps):
             logits = F.interpolate(logits, scale_factor=2.0, mode="bilinear",
                                    align_corners=False)
             side *= 2
-            last = step == cfg.subdivision_steps - 1
-            if cfg.subdivision_num_points >= 4 * side * side and not last:
+            last = step == self.subdivision_steps - 1
+            if num_points >= 4 * side * side and not last:
                 continue  # the next step re-predicts every cell anyway
-            idx, points = _uncertain_points(logits, min(cfg.subdivision_num_points, side * side))
+            idx, points = _uncertain_points(logits, min(num_points, side * side))
             refined = self.point_logits(feature, rois, coarse, points)
             refined = refined.gather(1, classes[:, None, None].expand(-1, 1, idx.shape[1]))
             logits = logits.flatten(2).scatter(2, idx.unsqueeze(1), refined).reshape_as(logits)
@@ -237,7 +245,8 @@ class PointRendROIHeads(ROIHeads):
         self.mask_feature_index = self.in_features.index(cfg.in_feature)
         self.mask_head = PointRendMaskHead(cfg, channels, strides[cfg.in_feature])
 
-    def mask_inference(self, feats, detections: dict[str, torch.Tensor]) -> torch.Tensor:
+    def mask_inference(self, feats: list[torch.Tensor],
+                       detections: dict[str, torch.Tensor]) -> torch.Tensor:
         """n×1×M×M mask probabilities of each detection's predicted class."""
         rois = rois_of(detections["boxes"], detections["image_index"])
         return self.mask_head(feats[self.mask_feature_index], rois,

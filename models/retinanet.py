@@ -23,6 +23,7 @@ from dexport.models.backbone import BackboneConfig, build_backbone
 from dexport.models.batched import normalize_images, top_per_image
 from dexport.models.detector import Detector
 from dexport.models.postprocess import Postprocess, detections_to_instances
+from dexport.models.scripting import ConfigSettings
 from dexport.models.rpn import AnchorGenerator, match_labels, topk_count
 
 __all__ = ["RetinaNetConfig", "MultiScaleAnchorGenerator", "RetinaNetHead", "RetinaNet",
@@ -133,7 +134,7 @@ def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float
     return loss.sum()
 
 
-class RetinaNet(Detector):
+class RetinaNet(Detector, ConfigSettings):
     """One-stage detector; same input/output format as GeneralizedRCNN.
 
     Eval mode returns ``[{"instances": Instances(pred_boxes, scores, pred_classes)}]``;
@@ -145,13 +146,6 @@ class RetinaNet(Detector):
     def __init__(self, cfg: RetinaNetConfig):
         super().__init__(cfg.pixel_mean, cfg.pixel_std)
         self.cfg = cfg
-        # What inference reads, as plain attributes (scripted code cannot read ``cfg``).
-        self.num_classes = cfg.num_classes
-        self.topk_candidates = cfg.topk_candidates
-        self.score_thresh = cfg.score_thresh
-        self.box_weights = tuple(float(w) for w in cfg.box_weights)
-        self.nms_thresh = cfg.nms_thresh
-        self.detections_per_image = cfg.detections_per_image
         self.backbone = build_backbone(cfg.backbone)
         self.in_features = list(cfg.in_features)
         strides = tuple(self.backbone.out_strides[f] for f in self.in_features)
@@ -165,6 +159,13 @@ class RetinaNet(Detector):
         # steadier than the per-batch count when batches hold few objects.
         self.loss_normalizer = 100.0
         self.loss_normalizer_momentum = 0.9
+
+    def config_settings(self, cfg: RetinaNetConfig) -> dict:
+        """What inference reads, as plain attributes (see ConfigSettings)."""
+        return {"num_classes": cfg.num_classes, "topk_candidates": cfg.topk_candidates,
+                "score_thresh": cfg.score_thresh,
+                "box_weights": tuple(float(w) for w in cfg.box_weights),
+                "nms_thresh": cfg.nms_thresh, "detections_per_image": cfg.detections_per_image}
 
     def forward(self, batched_inputs: list[dict[str, torch.Tensor]]):
         if not self.training:

@@ -20,6 +20,7 @@ from dexport.models.postprocess import detections_to_instances
 from dexport.models.rpn import match_labels, sample_labels
 from dexport.ir.dialects.structures import Boxes, Instances, pairwise_iou
 from dexport.models.scoping import module_scope
+from dexport.models.scripting import ConfigSettings
 
 __all__ = [
     "ROIHeadsConfig", "ROIPooler", "boxes_to_rois", "split_by_image", "BoxHead", "BoxPredictor",
@@ -222,19 +223,12 @@ def keypoints_to_heatmap_targets(keypoints: torch.Tensor, rois: torch.Tensor, si
     return yi * size + xi, valid
 
 
-class ROIHeads(nn.Module):
+class ROIHeads(nn.Module, ConfigSettings):
     """Box head (+ optional mask and keypoint heads) over the proposals of each image."""
 
     def __init__(self, cfg: ROIHeadsConfig, channels: int, strides: dict[str, int]):
         super().__init__()
         self.cfg = cfg
-        # What inference reads, as plain attributes (scripted code cannot read ``cfg``);
-        # the mask / keypoint heads exist only when on (``hasattr`` is static in TorchScript).
-        self.num_classes = cfg.num_classes
-        self.box_weights = tuple(float(w) for w in cfg.box_weights)
-        self.score_thresh = cfg.score_thresh
-        self.nms_thresh = cfg.nms_thresh
-        self.detections_per_image = cfg.detections_per_image
         self.in_features = list(cfg.in_features)
         level_strides = [strides[f] for f in self.in_features]
 
@@ -254,6 +248,15 @@ class ROIHeads(nn.Module):
             self.keypoint_pooler = pooler(cfg.keypoint_pooler_resolution)
             self.keypoint_head = KeypointHead(channels, cfg.keypoint_conv_dims,
                                               cfg.num_keypoints)
+
+    def config_settings(self, cfg: ROIHeadsConfig) -> dict:
+        """What inference reads, as plain attributes (see ConfigSettings). The mask and
+        keypoint heads exist only when on; inference tests them with ``hasattr`` (static
+        in TorchScript)."""
+        return {"num_classes": cfg.num_classes,
+                "box_weights": tuple(float(w) for w in cfg.box_weights),
+                "score_thresh": cfg.score_thresh, "nms_thresh": cfg.nms_thresh,
+                "detections_per_image": cfg.detections_per_image}
 
     @torch.jit.unused  # per-image Instances (training); export scripts ``detect``
     def forward(self, features: dict[str, torch.Tensor], proposals: list[Instances],
@@ -308,7 +311,8 @@ class ROIHeads(nn.Module):
         return select_detections(scores, boxes, image, image_sizes.shape[0], self.num_classes,
                                  self.score_thresh, self.nms_thresh, self.detections_per_image)
 
-    def mask_inference(self, feats: list[torch.Tensor], detections: dict[str, torch.Tensor]) -> torch.Tensor:
+    def mask_inference(self, feats: list[torch.Tensor],
+                       detections: dict[str, torch.Tensor]) -> torch.Tensor:
         """n×1×28×28 mask probabilities of each detection's predicted class."""
         rois = rois_of(detections["boxes"], detections["image_index"])
         logits = self.mask_head(self.mask_pooler(feats, rois))
@@ -316,7 +320,8 @@ class ROIHeads(nn.Module):
                         detections["classes"]]
         return picked.sigmoid().unsqueeze(1)
 
-    def keypoint_inference(self, feats: list[torch.Tensor], detections: dict[str, torch.Tensor]) -> torch.Tensor:
+    def keypoint_inference(self, feats: list[torch.Tensor],
+                           detections: dict[str, torch.Tensor]) -> torch.Tensor:
         """n×K×3 keypoints (x, y, score) of each detection."""
         rois = rois_of(detections["boxes"], detections["image_index"])
         heatmaps = self.keypoint_head(self.keypoint_pooler(feats, rois))

@@ -20,6 +20,7 @@ from dexport.ir.dialects.detection_io import sizes_tensor
 from dexport.models.batched import clip_boxes_per_row, nonempty, top_per_image
 from dexport.ir.dialects.structures import Boxes, ImageList, Instances, pairwise_iou
 from dexport.models.scoping import module_scope
+from dexport.models.scripting import ConfigSettings
 
 __all__ = [
     "RPNConfig", "AnchorGenerator", "RPNHead", "RPN", "topk_count", "match_labels", "sample_labels",
@@ -156,23 +157,25 @@ class RPNHead(nn.Module):
         return logits, deltas
 
 
-class RPN(nn.Module):
+class RPN(nn.Module, ConfigSettings):
     """Proposals per image (``Instances(proposal_boxes, objectness_logits)``) + losses."""
 
     def __init__(self, cfg: RPNConfig, channels: int, strides: dict[str, int]):
         super().__init__()
         self.cfg = cfg
-        # What inference reads, as plain attributes (scripted code cannot read ``cfg``).
-        self.pre_nms_topk_train, self.pre_nms_topk_test = cfg.pre_nms_topk_train, cfg.pre_nms_topk_test
-        self.post_nms_topk_train = cfg.post_nms_topk_train
-        self.post_nms_topk_test = cfg.post_nms_topk_test
-        self.box_weights = tuple(float(w) for w in cfg.box_weights)
-        self.nms_thresh = cfg.nms_thresh
-        self.min_box_size = cfg.min_box_size
         self.in_features = list(cfg.in_features)
         self.anchor_generator = AnchorGenerator(
             cfg.anchor_sizes, cfg.aspect_ratios, tuple(strides[f] for f in self.in_features))
         self.head = RPNHead(channels, self.anchor_generator.num_anchors)
+
+    def config_settings(self, cfg: RPNConfig) -> dict:
+        """What inference reads, as plain attributes (see ConfigSettings)."""
+        return {"pre_nms_topk_train": cfg.pre_nms_topk_train,
+                "pre_nms_topk_test": cfg.pre_nms_topk_test,
+                "post_nms_topk_train": cfg.post_nms_topk_train,
+                "post_nms_topk_test": cfg.post_nms_topk_test,
+                "box_weights": tuple(float(w) for w in cfg.box_weights),
+                "nms_thresh": cfg.nms_thresh, "min_box_size": cfg.min_box_size}
 
     @torch.jit.unused  # training (per-image Instances); export scripts ``propose``
     def forward(self, images: ImageList, features: dict[str, torch.Tensor],

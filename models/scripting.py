@@ -18,7 +18,31 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["BatchedEntry", "script_batched"]
+__all__ = ["ConfigSettings", "BatchedEntry", "script_batched"]
+
+
+class ConfigSettings:
+    """Mixin for a module configured by a (frozen) config dataclass ``self.cfg`` whose
+    inference reads some of its settings: TorchScript cannot read the dataclass, so
+    ``config_settings(cfg)`` names the settings, and assigning ``cfg`` (in ``__init__``,
+    or later, e.g. ``m.cfg = dataclasses.replace(m.cfg, score_thresh=0.9)``) copies them
+    onto the module as plain attributes. Eager, traced and scripted code read those."""
+
+    __jit_unused_properties__ = ["cfg"]  # scripted code reads the copied settings only
+
+    def config_settings(self, cfg) -> dict:
+        """{attribute name: value} of the settings inference reads from ``cfg``."""
+        raise NotImplementedError
+
+    @property
+    def cfg(self):
+        return self._cfg
+
+    @cfg.setter
+    def cfg(self, cfg) -> None:
+        self._cfg = cfg
+        for name, value in self.config_settings(cfg).items():
+            setattr(self, name, value)
 
 
 class BatchedEntry(nn.Module):

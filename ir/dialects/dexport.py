@@ -705,16 +705,10 @@ def _as_i64(t: torch.Tensor, device: torch.device) -> torch.Tensor:
 def _size_tensor(image_size, device: torch.device) -> torch.Tensor:
     """(h, w) as an i64[2] tensor; traced 0-d size tensors stay connected to the trace
     (plain ints become a constant, which is what they are). Scripted code passes a
-    tensor (an unannotated argument is a Tensor to TorchScript)."""
+    tensor (an unannotated argument is a Tensor to TorchScript, which then compiles
+    only the first branch)."""
     if isinstance(image_size, torch.Tensor):
         return _as_i64(image_size, device)
-    else:
-        return _stack_size_parts(image_size, device)
-
-
-@torch.jit.unused
-def _stack_size_parts(image_size, device) -> torch.Tensor:
-    """(h, w) of ints or 0-d tensors as an i64[2] tensor (eager and traced callers)."""
     parts = [
         _as_i64(v if v.dim() == 0 else v.reshape(()), device)
         if isinstance(v, torch.Tensor)
@@ -765,7 +759,9 @@ def decode_boxes(
 
 
 def encode_boxes(
-    target_boxes: torch.Tensor, boxes: torch.Tensor, weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
+    target_boxes: torch.Tensor,
+    boxes: torch.Tensor,
+    weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0),
 ) -> torch.Tensor:
     """Deltas [N,4] that decode_boxes maps reference ``boxes`` onto ``target_boxes`` with."""
     return torch.ops.dexport.encode_boxes(target_boxes, boxes, [float(w) for w in weights])
