@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import dexport
+from dexport.ir.errors import PassError
 from dexport.cli import sample_images
 from dexport.models import zoo
 
@@ -21,8 +22,24 @@ TINY = ["faster_rcnn_tiny", "mask_rcnn_tiny", "keypoint_rcnn_tiny", "retinanet_t
         "cascade_mask_rcnn_tiny", "pointrend_tiny", "panoptic_fpn_tiny"]
 
 
+# Their scripted graphs keep a loop functionalize cannot unroll yet: PointRend's
+# subdivision loop has a `continue` (TorchScript makes it a loop with a run-time
+# condition, which only peeling trip by trip would decide), PanopticFPN's merge an
+# interpolate whose rank check stays untyped.
+NOT_YET = {"pointrend_tiny", "panoptic_fpn_tiny"}
+
+
+def _marks(name):
+    if name in FAST:
+        return name
+    marks = [pytest.mark.slow]
+    if name in NOT_YET:
+        marks.append(pytest.mark.xfail(strict=True, raises=PassError, reason="a list grows in a loop not unrolled"))
+    return pytest.param(name, marks=marks)
+
+
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
-@pytest.mark.parametrize("name", [n if n in FAST else pytest.param(n, marks=pytest.mark.slow) for n in TINY])
+@pytest.mark.parametrize("name", [_marks(n) for n in TINY])
 def test_scripted_zoo_detector_matches_eager_at_other_batches_and_resolutions(name, fmt, tmp_path, monkeypatch):
     from dexport.frontends import get_frontend
     frontend, captures = get_frontend("scripting"), []
